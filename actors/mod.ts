@@ -1,0 +1,239 @@
+/**
+ * @module
+ * The handle the outside world holds on the actor system: start it, submit
+ * records, ask whether it is ready, draw its tree, drain and stop it. The
+ * HTTP routes and the `process` command use only this.
+ */
+import { type AnyActorRef, createActor } from "xstate";
+import { Ticket, toBatches } from "../lib/batch.ts";
+import { STAGES } from "../lib/schemas.ts";
+import type { StageDeps } from "./_stage_deps.ts";
+import { createStageRuntimes, type StageRuntimes } from "./pipeline.ts";
+import { rootSupervisorMachine } from "./root_supervisor.ts";
+
+/** The outcome of offering records to the pipeline. */
+export type SubmitOutcome =
+  | { ok: true; ticket: Ticket }
+  | { ok: false; status: 429 | 503; retryAfterSeconds: number; message: string };
+
+/** One check behind `/readyz`. */
+export interface ReadinessCheck {
+  name: string;
+  ok: boolean;
+  message?: string;
+}
+
+/** One node of `GET /v1/actors`. */
+export interface ActorNode {
+  id: string;
+  type: string;
+  state: string;
+  mailbox: { depth: number; capacity: number } | null;
+  restarts: number;
+  children: ActorNode[];
+}
+
+/** Options of {@linkcode SubmitOptions}. */
+export interface SubmitOptions {
+  /** How long to wait for mailbox room before answering 429. */
+  maxWaitMs: number;
+  /** Keep committed records on the ticket (file mode). @default false */
+  keepRecords?: boolean;
+}
+
+/** A running actor system: the root supervisor and the state that outlives its actors. */
+export class TroupeSystem {
+  readonly deps: StageDeps;
+  readonly runtimes: StageRuntimes;
+  readonly root: ReturnType<typeof createActor<typeof rootSupervisorMachine>>;
+  #draining = false;
+  #fatal: string | null = null;
+
+  constructor(deps: StageDeps) {
+    this.deps = deps;
+    this.runtimes = createStageRuntimes(deps);
+    this.root = createActor(rootSupervisorMachine, {
+      input: { runtimes: this.runtimes, deps },
+      systemId: "root",
+    });
+    // The root handles its children's errors; anything reaching here is a bug.
+    this.root.subscribe({
+      error: (error) => {
+        this.#fatal = error instanceof Error ? error.message : String(error);
+        deps.log.fatal("Root supervisor crashed: {error}", { error: this.#fatal });
+      },
+    });
+  }
+
+  /** Starts the supervision tree. */
+  start(): this {
+    this.root.start();
+    return this;
+  }
+
+  /** Whether a drain has begun. */
+  get draining(): boolean {
+    return this.#draining;
+  }
+
+  /** Records queued or being worked on, over all stages. */
+  get load(): number {
+    return STAGES.reduce((n, s) => n + this.runtimes[s].load, 0);
+  }
+
+  /**
+   * Offers `records` to the pipeline as one ticket. Waits up to
+   * `maxWaitMs` for room in the validate mailbox; answers 429 when none
+   * came, 503 when the system is not ready.
+   */
+  async submit(records: unknown[], options: SubmitOptions): Promise<SubmitOutcome> {
+    const unavailable = this.#unavailable();
+    if (unavailable !== null) {
+      return { ok: false, status: 503, retryAfterSeconds: 5, message: unavailable };
+    }
+    const ticket = new Ticket(options.keepRecords ?? false);
+    if (records.length === 0) {
+      ticket.open();
+      queueMicrotask(() => ticket.settleEmpty());
+      return { ok: true, ticket };
+    }
+    const mailbox = this.runtimes.validate.mailbox;
+    if (!(await mailbox.waitForRoom(records.length, options.maxWaitMs))) {
+      return {
+        ok: false,
+        status: this.#unavailable() === null ? 429 : 503,
+        retryAfterSeconds: this.retryAfterSeconds(),
+        message: `The pipeline is full: ${mailbox.depth} of ${mailbox.capacity} records queued`,
+      };
+    }
+    const after = this.#unavailable();
+    if (after !== null) return { ok: false, status: 503, retryAfterSeconds: 5, message: after };
+    for (const b of toBatches(ticket, records, this.deps.config.pipeline.batch_size)) {
+      mailbox.put(b);
+    }
+    this.root.system.get("pool.validate")?.send({ type: "mailbox.put" });
+    return { ok: true, ticket };
+  }
+
+  /** Seconds a client should wait before retrying, from how full the mailboxes are (1 to 30). */
+  retryAfterSeconds(): number {
+    const fill = Math.max(...STAGES.map((s) => this.runtimes[s].mailbox.fill));
+    return Math.min(30, Math.max(1, Math.ceil(fill * 5)));
+  }
+
+  /** What `/readyz` reports. */
+  readiness(): { ready: boolean; checks: ReadinessCheck[] } {
+    const snapshot = this.root.getSnapshot();
+    const checks: ReadinessCheck[] = [];
+    checks.push({
+      name: "supervisors",
+      ok: snapshot.status === "active" && !snapshot.matches("failed") && this.#fatal === null &&
+        STAGES.every((s) => this.root.system.get(`pool.${s}`) !== undefined),
+      message: this.#fatal ?? (snapshot.matches("failed")
+        ? `Root supervisor gave up: ${snapshot.context.lastError}`
+        : undefined),
+    });
+    const connections = this.#storeConnections();
+    checks.push({
+      name: "storage",
+      ok: connections.open > 0,
+      message: connections.open > 0 ? undefined : `No open storage connection (${connections.total} starting)`,
+    });
+    checks.push({
+      name: "shutdown",
+      ok: !this.#draining,
+      message: this.#draining ? "Shutting down" : undefined,
+    });
+    for (const c of checks) if (c.ok) delete c.message;
+    return { ready: checks.every((c) => c.ok), checks };
+  }
+
+  /** The supervision tree, for `GET /v1/actors`. */
+  tree(): ActorNode {
+    return { ...describe(this.root as unknown as AnyActorRef, this.runtimes), id: "root" };
+  }
+
+  /**
+   * Stops taking records and waits until every accepted batch is committed,
+   * or `timeoutMs` passes. Resolves `true` when everything drained.
+   */
+  async drain(timeoutMs: number): Promise<boolean> {
+    this.#draining = true;
+    this.root.send({ type: "shutdown" });
+    this.runtimes.validate.mailbox.cancelWaiters();
+    const deadline = Date.now() + timeoutMs;
+    while (!STAGES.every((s) => this.runtimes[s].idle)) {
+      if (Date.now() >= deadline) return false;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    return true;
+  }
+
+  /** Stops every actor; storage connections close as they stop. */
+  stop(): void {
+    this.#draining = true;
+    this.root.stop();
+  }
+
+  #unavailable(): string | null {
+    if (this.#draining) return "The service is shutting down";
+    const r = this.readiness();
+    if (r.ready) return null;
+    return r.checks.filter((c) => !c.ok).map((c) => c.message ?? c.name).join("; ");
+  }
+
+  #storeConnections(): { open: number; total: number } {
+    const pool = this.root.system.get("pool.store");
+    if (pool === undefined) return { open: 0, total: 0 };
+    const children = Object.values(pool.getSnapshot().children ?? {}) as AnyActorRef[];
+    let open = 0;
+    for (const c of children) {
+      const s = c.getSnapshot();
+      if (s.status === "active" && s.value !== "connecting") open++;
+    }
+    return { open, total: children.length };
+  }
+}
+
+function describe(ref: AnyActorRef, runtimes: StageRuntimes): ActorNode {
+  const snapshot = ref.getSnapshot();
+  const logic = (ref as unknown as { logic: { config?: { id?: string } } }).logic;
+  const type = logic.config?.id ?? (typeof ref.src === "string" ? ref.src : "actor");
+  const ctx = snapshot.context as Record<string, unknown> | undefined;
+  let mailbox: ActorNode["mailbox"] = null;
+  let restarts = 0;
+  if (type === "stage_pool" && ctx) {
+    const rt = ctx.runtime as StageRuntimes["validate"];
+    mailbox = { depth: rt.mailbox.depth, capacity: rt.mailbox.capacity };
+    restarts = rt.poolRestarts;
+  } else if (type === "root_supervisor" && ctx) {
+    restarts = ctx.restarts as number;
+  } else if (type === "pipeline") {
+    restarts = 0;
+  } else if (ctx && typeof ctx.workerId === "string") {
+    const stage = (ctx.workerId as string).split(".")[0] as keyof StageRuntimes;
+    const held = runtimes[stage]?.inFlight.get(ctx.workerId as string);
+    mailbox = {
+      depth: held ? held.batches.reduce((n, b) => n + b.size, 0) : 0,
+      capacity: runtimes[stage]?.mailbox.capacity ?? 0,
+    };
+    restarts = runtimes[stage]?.workerRestarts ?? 0;
+  }
+  const children = Object.values(snapshot.children ?? {})
+    .filter((c): c is AnyActorRef => c !== undefined)
+    .map((c) => describe(c, runtimes));
+  return {
+    id: ref.id,
+    type,
+    state: typeof snapshot.value === "string"
+      ? snapshot.value
+      : snapshot.value && Object.keys(snapshot.value).length > 0
+      ? JSON.stringify(snapshot.value)
+      : snapshot.status === "active"
+      ? "running"
+      : snapshot.status,
+    mailbox,
+    restarts,
+    children,
+  };
+}

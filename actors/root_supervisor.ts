@@ -1,0 +1,146 @@
+/**
+ * @module
+ * The root supervisor: the top of the tree. It starts the pipeline
+ * supervisor and restarts it when it crashes; when it gives up it stays up
+ * in `failed`, so `/healthz` still answers while `/readyz` says 503.
+ *
+ * ```
+ * root_supervisor (systemId "root")
+ * └── pipeline (systemId "pipeline")
+ *     ├── pool.validate  ── validate_stage ×1..10
+ *     ├── pool.transform ── transform_stage ×1..n
+ *     ├── pool.aggregate ── aggregate_stage ×1..n
+ *     └── pool.store     ── storage_connection ×1..5
+ * ```
+ *
+ * Restart strategy: one for one, exponential backoff. Intensity: more than
+ * `max_restarts` pipeline crashes within `within_ms` and the root gives up
+ * (state `failed`).
+ *
+ * States: `running`, `stopping` (after `shutdown`: readiness drops, the
+ * pipeline drains), `failed`. Events in: `shutdown`, `pipeline.respawn`
+ * (its own, delayed), `xstate.error.actor.pipeline`.
+ */
+import { assign, enqueueActions, setup } from "xstate";
+import { type Backoff, createBackoff, nextDelay, recordRestart, resetBackoff } from "../lib/backoff.ts";
+import type { StageDeps } from "./_stage_deps.ts";
+import { pipelineMachine, type StageRuntimes } from "./pipeline.ts";
+
+/** Input of the root supervisor. */
+export interface RootInput {
+  runtimes: StageRuntimes;
+  deps: StageDeps;
+}
+
+/** Events the root supervisor accepts. */
+export type RootEvent =
+  | { type: "shutdown" }
+  | { type: "pipeline.respawn" }
+  | { type: "xstate.error.actor.pipeline"; error: unknown };
+
+interface RootContext extends RootInput {
+  restartHistory: number[];
+  backoff: Backoff;
+  restarts: number;
+  lastError: string | null;
+}
+
+/** The root of the supervision tree. */
+export const rootSupervisorMachine = setup({
+  types: {
+    context: {} as RootContext,
+    events: {} as RootEvent,
+    input: {} as RootInput,
+  },
+  actors: { pipeline: pipelineMachine },
+  actions: {
+    spawnPipeline: assign(({ context, spawn }) => {
+      spawn("pipeline", {
+        id: "pipeline",
+        systemId: "pipeline",
+        input: { runtimes: context.runtimes, deps: context.deps },
+      });
+      return {};
+    }),
+  },
+}).createMachine({
+  id: "root_supervisor",
+  context: ({ input }) => ({
+    ...input,
+    restartHistory: [],
+    backoff: createBackoff(
+      input.deps.config.supervisor.backoff_initial_ms,
+      input.deps.config.supervisor.backoff_max_ms,
+    ),
+    restarts: 0,
+    lastError: null,
+  }),
+  entry: "spawnPipeline",
+  initial: "running",
+  states: {
+    running: {
+      on: {
+        shutdown: "stopping",
+        "pipeline.respawn": { actions: "spawnPipeline" },
+        "xstate.error.actor.pipeline": [
+          {
+            guard: ({ context }) => {
+              const sup = context.deps.config.supervisor;
+              return recordRestart(context.restartHistory, Date.now(), sup.max_restarts, sup.within_ms)
+                .exceeded;
+            },
+            target: "failed",
+            actions: enqueueActions(({ context, event, enqueue }) => {
+              const reason = event.error instanceof Error ? event.error.message : String(event.error);
+              context.deps.log.fatal("Root supervisor gave up: {reason}", { reason });
+              context.deps.metrics.actorRestartsTotal.inc({ actor: "pipeline" });
+              enqueue.stopChild("pipeline");
+              enqueue.assign({ lastError: reason });
+            }),
+          },
+          {
+            actions: enqueueActions(({ context, event, enqueue }) => {
+              const sup = context.deps.config.supervisor;
+              const reason = event.error instanceof Error ? event.error.message : String(event.error);
+              const { history } = recordRestart(
+                context.restartHistory,
+                Date.now(),
+                sup.max_restarts,
+                sup.within_ms,
+              );
+              const { delayMs, backoff } = nextDelay(
+                history.length === 1 ? resetBackoff(context.backoff) : context.backoff,
+              );
+              context.deps.log.error("Pipeline crashed: {reason}; restarting in {delayMs} ms", {
+                reason,
+                delayMs,
+              });
+              context.deps.metrics.actorRestartsTotal.inc({ actor: "pipeline" });
+              enqueue.stopChild("pipeline");
+              enqueue.assign({
+                restartHistory: history,
+                backoff,
+                restarts: context.restarts + 1,
+                lastError: reason,
+              });
+              enqueue.raise({ type: "pipeline.respawn" }, { delay: delayMs });
+            }),
+          },
+        ],
+      },
+    },
+    stopping: {
+      on: {
+        // Keep the pipeline up while it drains, whatever happens.
+        "pipeline.respawn": { actions: "spawnPipeline" },
+        "xstate.error.actor.pipeline": {
+          actions: enqueueActions(({ enqueue }) => {
+            enqueue.stopChild("pipeline");
+            enqueue.raise({ type: "pipeline.respawn" }, { delay: 50 });
+          }),
+        },
+      },
+    },
+    failed: {},
+  },
+});

@@ -1,0 +1,57 @@
+/**
+ * @module
+ * The validate stage worker: checks each raw record against the
+ * `DataRecord` schema (with the configured limits). A record that does not
+ * pass is refused with stage `validate` and the schema's message, and goes
+ * to the failed store with its batch; the rest go on to transform.
+ *
+ * Events: see `actors/_stage_worker.ts`.
+ */
+import * as v from "valibot";
+import type { Batch } from "../lib/batch.ts";
+import type { StageDeps } from "./_stage_deps.ts";
+import { createStageWorkerMachine } from "./_stage_worker.ts";
+
+/** Formats the first valibot issue as `field: message`. */
+export function describeIssues(issues: readonly v.BaseIssue<unknown>[]): string {
+  const first = issues[0];
+  const path = v.getDotPath(first);
+  if (path && first.input === undefined && first.kind === "schema") return `${path}: is required`;
+  return path ? `${path}: ${first.message}` : first.message;
+}
+
+/**
+ * Validates the raw records of each batch. Results are computed for every
+ * batch before any batch is changed, so a throw leaves them as they were.
+ */
+export async function validateBatches(batches: Batch[], deps: StageDeps): Promise<void> {
+  const results = [];
+  for (const b of batches) {
+    await deps.faults.check("validate", () => b.raw.map((r) => (r as { id?: unknown })?.id));
+    const valid = [];
+    const validIndex: number[] = [];
+    const refused: Array<[unknown, number, string]> = [];
+    for (let i = 0; i < b.raw.length; i++) {
+      const r = v.safeParse(deps.schema, b.raw[i]);
+      if (r.success) {
+        valid.push(r.output);
+        validIndex.push(b.rawIndex[i]);
+      } else {
+        refused.push([b.raw[i], b.rawIndex[i], describeIssues(r.issues)]);
+      }
+    }
+    results.push({ valid, validIndex, refused });
+  }
+  for (let k = 0; k < batches.length; k++) {
+    const b = batches[k];
+    const { valid, validIndex, refused } = results[k];
+    for (const [raw, index, reason] of refused) b.reject(raw, index, "validate", reason);
+    b.valid = valid;
+    b.validIndex = validIndex;
+    b.raw = [];
+    b.rawIndex = [];
+  }
+}
+
+/** Worker machine of the validate stage. */
+export const validateStageMachine = createStageWorkerMachine("validate_stage", validateBatches);

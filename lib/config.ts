@@ -1,0 +1,592 @@
+/**
+ * @module
+ * The one {@linkcode Config} schema, and loading it from a YAML or JSON file.
+ * The doc comments on its fields are the configuration reference.
+ *
+ * Keys are snake_case. Every field has a default, so an empty file, or no
+ * file at all, gives a complete configuration; a `null` value (an empty YAML
+ * section whose children are commented out) also means "the default".
+ * Unknown keys are errors, so a typo never passes silently.
+ *
+ * Sources, strongest first: command-line flag, environment variable,
+ * configuration file, default. The command line (see `lib/cli.ts`) turns flags
+ * and environment variables into overrides in the file's raw shape;
+ * {@linkcode loadConfig} merges them over the file before validating, so an
+ * override is checked exactly like a value from the file.
+ *
+ * @example troupe.yaml
+ * ```yaml
+ * server:
+ *   port: 9000
+ * log_level: debug
+ * pipeline:
+ *   batch_size: 500
+ *   stages:
+ *     validate: { max_workers: 8 }
+ * ```
+ */
+import { readFile } from "node:fs/promises";
+import * as v from "valibot";
+import { parse as parseYaml } from "yaml";
+
+/** Longest delay `setTimeout` honours; a longer one fires at once. */
+const MAX_TIMER_MS = 2_147_483_647;
+
+/** A sanity bound for the stages without a requirement of their own. */
+const MAX_STAGE_WORKERS = 1_000;
+
+function integer(defaultValue: number, min: number, max: number = Number.MAX_SAFE_INTEGER) {
+  return v.nullish(
+    v.pipe(
+      v.number("must be a number"),
+      v.safeInteger("must be a whole number"),
+      v.minValue(min, `must be at least ${min}`),
+      v.maxValue(max, `must be at most ${max}`),
+    ),
+    defaultValue,
+  );
+}
+
+function milliseconds(defaultValue: number, min: number) {
+  return integer(defaultValue, min, MAX_TIMER_MS);
+}
+
+function fraction(defaultValue: number) {
+  return v.nullish(
+    v.pipe(
+      v.number("must be a number"),
+      v.minValue(0, "must be at least 0"),
+      v.maxValue(1, "must be at most 1"),
+    ),
+    defaultValue,
+  );
+}
+
+function text(defaultValue: string) {
+  return v.nullish(
+    v.pipe(v.string("must be a string"), v.nonEmpty("must not be empty")),
+    defaultValue,
+  );
+}
+
+/** Worker pool and mailbox settings of one stage. */
+function stage(
+  defaults: { min_workers: number; max_workers: number; mailbox_capacity: number },
+  maxWorkers: number,
+) {
+  return v.nullish(
+    v.pipe(
+      v.strictObject({
+        /** Workers kept even when the stage is idle. At least 1. */
+        min_workers: integer(defaults.min_workers, 1, maxWorkers),
+        /** Workers the autoscaler may grow the stage to. */
+        max_workers: integer(defaults.max_workers, 1, maxWorkers),
+        /**
+         * Records the stage's bounded mailbox holds before upstream waits;
+         * when the first stage's mailbox stays full, ingest answers 429/503.
+         */
+        mailbox_capacity: integer(defaults.mailbox_capacity, 1),
+      }, "must be a mapping"),
+      v.forward(
+        v.partialCheck(
+          [["min_workers"], ["max_workers"]],
+          (s) => s.min_workers <= s.max_workers,
+          (issue) =>
+            `must not be greater than max_workers, which is ${
+              (issue.input as { max_workers: number }).max_workers
+            }`,
+        ),
+        ["min_workers"],
+      ),
+    ),
+    {},
+  );
+}
+
+/**
+ * The troupe configuration. Parse it with {@linkcode parseConfig}, or load a
+ * file with {@linkcode loadConfig}; both fill in every default.
+ */
+export const Config = v.strictObject({
+  /** The HTTP server. */
+  server: v.nullish(
+    v.strictObject({
+      /**
+       * Address to listen on. Loopback by default; use `0.0.0.0` to accept
+       * connections from other machines.
+       * @default "127.0.0.1"
+       */
+      host: text("127.0.0.1"),
+      /**
+       * TCP port to listen on; `0` picks a free port.
+       * @default 8080
+       */
+      port: integer(8080, 0, 65_535),
+      /**
+       * How long a graceful shutdown may take: readiness drops, the server
+       * stops accepting, in-flight batches commit. Past it, troupe exits.
+       * @default 5000
+       */
+      shutdown_timeout_ms: milliseconds(5_000, 0),
+    }, "must be a mapping"),
+    {},
+  ),
+  /**
+   * Directory that holds the SQLite file; created if missing.
+   * @default "./data"
+   */
+  data: text("./data"),
+  /**
+   * Print a one-line status (throughput, queue depths, workers) every second.
+   * @default false
+   */
+  status: v.nullish(v.boolean("must be true or false"), false),
+  /**
+   * Least severe log level written.
+   * @default "info"
+   */
+  log_level: v.nullish(
+    v.picklist(
+      ["debug", "info", "warning", "error"],
+      'must be one of "debug", "info", "warning", "error"',
+    ),
+    "info",
+  ),
+  /** Limits on what a client may send. */
+  limits: v.nullish(
+    v.strictObject({
+      /**
+       * Largest request body accepted, in bytes; a larger one gets 413.
+       * @default 10485760
+       */
+      max_body_bytes: integer(10_485_760, 1),
+      /**
+       * Most records accepted in one request.
+       * @default 10000
+       */
+      max_records_per_request: integer(10_000, 1),
+      /**
+       * Longest string allowed anywhere in a record, in UTF-16 code units.
+       * @default 65536
+       */
+      max_string_length: integer(65_536, 1),
+      /**
+       * Deepest nesting allowed inside a record's `metadata`.
+       * @default 32
+       */
+      max_depth: integer(32, 1),
+    }, "must be a mapping"),
+    {},
+  ),
+  /** The stages records go through: validate, transform, aggregate, store. */
+  pipeline: v.nullish(
+    v.strictObject({
+      /**
+       * Records per batch passed between stages. Batches amortise the cost of
+       * an actor message over many records.
+       * @default 1000
+       */
+      batch_size: integer(1_000, 1, 100_000),
+      /**
+       * Attempts at a batch before it is split in halves to isolate a record
+       * that keeps failing it (a poison record), which then goes to the
+       * failed store alone.
+       * @default 3
+       */
+      max_attempts: integer(3, 1, 100),
+      /** Worker pool and mailbox of each stage. */
+      stages: v.nullish(
+        v.strictObject({
+          /**
+           * Validation workers; at most 10 (seed requirement).
+           * @default { min_workers: 1, max_workers: 10, mailbox_capacity: 20000 }
+           */
+          validate: stage({ min_workers: 1, max_workers: 10, mailbox_capacity: 20_000 }, 10),
+          /**
+           * Transform workers (anomaly scoring).
+           * @default { min_workers: 1, max_workers: 4, mailbox_capacity: 20000 }
+           */
+          transform: stage(
+            { min_workers: 1, max_workers: 4, mailbox_capacity: 20_000 },
+            MAX_STAGE_WORKERS,
+          ),
+          /**
+           * Aggregators; one keeps per-key sums in a single place.
+           * @default { min_workers: 1, max_workers: 1, mailbox_capacity: 20000 }
+           */
+          aggregate: stage(
+            { min_workers: 1, max_workers: 1, mailbox_capacity: 20_000 },
+            MAX_STAGE_WORKERS,
+          ),
+          /**
+           * Storage connections; at most 5 (seed requirement).
+           * @default { min_workers: 1, max_workers: 5, mailbox_capacity: 20000 }
+           */
+          store: stage({ min_workers: 1, max_workers: 5, mailbox_capacity: 20_000 }, 5),
+        }, "must be a mapping"),
+        {},
+      ),
+    }, "must be a mapping"),
+    {},
+  ),
+  /** How worker pools grow and shrink between `min_workers` and `max_workers`. */
+  autoscale: v.nullish(
+    v.pipe(
+      v.strictObject({
+        /**
+         * How often each pool's mailbox is sampled.
+         * @default 250
+         */
+        interval_ms: milliseconds(250, 1),
+        /**
+         * Fill of the mailbox, as a fraction of its capacity, above which a
+         * pool adds a worker.
+         * @default 0.5
+         */
+        high_watermark: fraction(0.5),
+        /**
+         * Fill below which a pool removes a worker. Below `high_watermark`.
+         * @default 0.1
+         */
+        low_watermark: fraction(0.1),
+        /**
+         * Least time between two changes to the same pool, so it does not
+         * flap.
+         * @default 2000
+         */
+        cooldown_ms: milliseconds(2_000, 0),
+      }, "must be a mapping"),
+      v.forward(
+        v.partialCheck(
+          [["low_watermark"], ["high_watermark"]],
+          (a) => a.low_watermark < a.high_watermark,
+          (issue) =>
+            `must be below high_watermark, which is ${
+              (issue.input as { high_watermark: number }).high_watermark
+            }`,
+        ),
+        ["low_watermark"],
+      ),
+    ),
+    {},
+  ),
+  /** Restart intensity and backoff of supervised children. */
+  supervisor: v.nullish(
+    v.pipe(
+      v.strictObject({
+        /**
+         * Restarts of one child allowed within `within_ms`; one more and the
+         * supervisor gives up and fails to its own parent.
+         * @default 5
+         */
+        max_restarts: integer(5, 0),
+        /**
+         * The window `max_restarts` is counted over.
+         * @default 10000
+         */
+        within_ms: milliseconds(10_000, 1),
+        /**
+         * Delay before the first restart; it doubles after each, up to
+         * `backoff_max_ms`.
+         * @default 50
+         */
+        backoff_initial_ms: milliseconds(50, 0),
+        /**
+         * Longest delay between restarts.
+         * @default 5000
+         */
+        backoff_max_ms: milliseconds(5_000, 0),
+      }, "must be a mapping"),
+      v.forward(
+        v.partialCheck(
+          [["backoff_initial_ms"], ["backoff_max_ms"]],
+          (s) => s.backoff_initial_ms <= s.backoff_max_ms,
+          (issue) =>
+            `must not be greater than backoff_max_ms, which is ${
+              (issue.input as { backoff_max_ms: number }).backoff_max_ms
+            }`,
+        ),
+        ["backoff_initial_ms"],
+      ),
+    ),
+    {},
+  ),
+  /** The SQLite store. */
+  storage: v.nullish(
+    v.strictObject({
+      /**
+       * SQLite `PRAGMA synchronous` in WAL mode. `full` syncs every commit, so
+       * an acknowledged record survives a power cut; `normal` may lose the
+       * last commits on power loss (never on a process crash) and is faster.
+       * @default "full"
+       */
+      synchronous: v.nullish(v.picklist(["full", "normal"], 'must be "full" or "normal"'), "full"),
+    }, "must be a mapping"),
+    {},
+  ),
+  /** The HTTP ingest endpoint. */
+  ingest: v.nullish(
+    v.strictObject({
+      /**
+       * How long a request waits for room in the first stage's mailbox
+       * before it is answered 429 (or 503 when the pipeline is down) with
+       * `Retry-After`.
+       * @default 1000
+       */
+      max_wait_ms: milliseconds(1_000, 0),
+    }, "must be a mapping"),
+    {},
+  ),
+}, "must be a mapping");
+
+/** A complete configuration: every field present. */
+export type Config = v.InferOutput<typeof Config>;
+
+/** A configuration as written in a file: every field optional, snake_case keys. */
+export type ConfigInput = v.InferInput<typeof Config>;
+
+/**
+ * Values laid over the file before validation, in the file's raw shape, such
+ * as `{ server: { port: 9000 } }`. `undefined` values are skipped.
+ */
+export type ConfigOverrides = ConfigInput | Record<string, unknown>;
+
+/** One problem with a configuration. */
+export type ConfigError = {
+  /** Dotted path of the field, such as `"server.port"`; `""` for the whole file. */
+  path: string;
+  /** What is wrong, quoting the value, such as `must be at most 10 (got 12)`. */
+  message: string;
+};
+
+/** The outcome of parsing or loading a configuration. */
+export type ConfigResult = { ok: true; value: Config } | { ok: false; error: ConfigError[] };
+
+/** Returns a fresh configuration holding every default. */
+export function defaultConfig(): Config {
+  return v.parse(Config, {});
+}
+
+/**
+ * Validates a raw configuration (as parsed from YAML or JSON) and fills in
+ * the defaults. `undefined` and `null` stand for an empty file. Never throws
+ * for any data a parser can produce.
+ *
+ * @example
+ * ```ts
+ * const result = parseConfig({ server: { port: 9000 } });
+ * if (result.ok) console.log(result.value.server.port, result.value.server.host); // 9000 127.0.0.1
+ * ```
+ */
+export function parseConfig(input: unknown): ConfigResult {
+  const result = v.safeParse(Config, input ?? {});
+  if (result.success) return { ok: true, value: result.output };
+  const errors = result.issues.map(toConfigError);
+  const seen = new Set<string>();
+  return {
+    ok: false,
+    error: errors.filter((e) => {
+      const key = `${e.path}\0${e.message}`;
+      return seen.has(key) ? false : (seen.add(key), true);
+    }),
+  };
+}
+
+/**
+ * Parses the text of a configuration file, then validates it. `fileName`
+ * picks the syntax (`.json` is JSON, anything else YAML) and is named in a
+ * syntax error.
+ */
+export function parseConfigText(text: string, fileName: string): ConfigResult {
+  const raw = parseRaw(text, fileName);
+  return raw.ok ? parseConfig(raw.value) : raw;
+}
+
+/**
+ * Reads the configuration file, if any, lays `overrides` over its raw values
+ * and validates the result. Without a file, the overrides are laid over the
+ * defaults.
+ *
+ * @example
+ * ```ts
+ * const loaded = await loadConfig({ file: "troupe.yaml", overrides: { server: { port: 9000 } } });
+ * if (!loaded.ok) console.error(formatConfigErrors("troupe.yaml", loaded.error));
+ * ```
+ */
+export async function loadConfig(
+  options: { file?: string; overrides?: ConfigOverrides },
+): Promise<ConfigResult> {
+  let raw: unknown = {};
+  if (options.file !== undefined) {
+    let text: string;
+    try {
+      text = await readFile(options.file, "utf8");
+    } catch (error) {
+      return failure("", `cannot read "${options.file}": ${describeReadError(error)}`);
+    }
+    const parsed = parseRaw(text, options.file);
+    if (!parsed.ok) return parsed;
+    raw = parsed.value ?? {};
+  }
+  return parseConfig(options.overrides === undefined ? raw : merge(raw, options.overrides));
+}
+
+/**
+ * Formats configuration errors for a person: one line for one error, an
+ * indented list for several.
+ *
+ * @example
+ * ```ts
+ * formatConfigErrors("troupe.yaml", [{ path: "server.port", message: 'must be a number (got "abc")' }]);
+ * // Invalid configuration in "troupe.yaml": server.port: must be a number (got "abc")
+ * ```
+ */
+export function formatConfigErrors(file: string | undefined, errors: ConfigError[]): string {
+  const head = file === undefined ? "Invalid configuration" : `Invalid configuration in "${file}"`;
+  const lines = errors.map((e) => (e.path === "" ? e.message : `${e.path}: ${e.message}`));
+  if (lines.length === 0) return head;
+  if (lines.length === 1) return `${head}: ${lines[0]}`;
+  return `${head}:\n${lines.map((line) => `  ${line}`).join("\n")}`;
+}
+
+function failure(path: string, message: string): { ok: false; error: ConfigError[] } {
+  return { ok: false, error: [{ path, message }] };
+}
+
+function parseRaw(
+  text: string,
+  fileName: string,
+): { ok: true; value: unknown } | { ok: false; error: ConfigError[] } {
+  const source = text.startsWith("\uFEFF") ? text.slice(1) : text;
+  const json = fileName.toLowerCase().endsWith(".json");
+  try {
+    if (json) return { ok: true, value: source.trim() === "" ? {} : JSON.parse(source) };
+    // "error" throws on errors and keeps warnings (such as unknown tags) off the console.
+    return { ok: true, value: parseYaml(source, { logLevel: "error" }) ?? {} };
+  } catch (error) {
+    const reason = error instanceof Error ? error.message.trimEnd() : String(error);
+    return failure("", `cannot parse "${fileName}" as ${json ? "JSON" : "YAML"}: ${reason}`);
+  }
+}
+
+function describeReadError(error: unknown): string {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (code === "ENOENT") return "no such file";
+  if (code === "EACCES") return "permission denied";
+  if (code === "EISDIR") return "is a directory";
+  return error instanceof Error ? error.message : String(error);
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/**
+ * Lays `over` onto `base`. A mapping merges into a mapping key by key; any
+ * other override value replaces. An override mapping never replaces a base
+ * value that is neither a mapping nor absent, so the file's error still shows.
+ */
+function merge(base: unknown, over: unknown): unknown {
+  if (over === undefined) return base;
+  if (!isPlainObject(over)) return over;
+  if (base !== undefined && base !== null && !isPlainObject(base)) return base;
+  const out: Record<string, unknown> = {};
+  const define = (key: string, value: unknown) =>
+    // defineProperty: a "__proto__" key stays a plain key, not the prototype.
+    Object.defineProperty(out, key, {
+      value,
+      enumerable: true,
+      writable: true,
+      configurable: true,
+    });
+  if (isPlainObject(base)) { for (const key of Object.keys(base)) define(key, base[key]); }
+  for (const key of Object.keys(over)) {
+    if (over[key] === undefined) continue;
+    define(key, merge(Object.hasOwn(out, key) ? out[key] : undefined, over[key]));
+  }
+  return out;
+}
+
+function toConfigError(issue: v.BaseIssue<unknown>): ConfigError {
+  const path = v.getDotPath(issue) ?? "";
+  const last = issue.path?.at(-1);
+  if (issue.type === "strict_object" && issue.expected === "never" && last) {
+    if (Array.isArray(last.input)) {
+      // valibot takes a list for an object whose keys are indices: report the list itself.
+      const parent = issue.path!.slice(0, -1).map((item) => String(item.key)).join(".");
+      return { path: parent, message: `${issue.message} (got ${show(last.input)})` };
+    }
+    return { path, message: unknownKeyMessage(String(last.key), issue.path!) };
+  }
+  // A forwarded check's input is the whole object; its path ends at the field.
+  const got = last ? last.value : issue.input;
+  return { path, message: `${issue.message} (got ${show(got)})` };
+}
+
+function unknownKeyMessage(key: string, path: readonly { key: unknown }[]): string {
+  const known = knownKeys(path.slice(0, -1).map((item) => String(item.key)));
+  const near = known
+    .map((name) => ({ name, distance: editDistance(key.toLowerCase(), name) }))
+    .filter((c) => c.distance <= Math.max(1, Math.floor(c.name.length / 3)))
+    .sort((a, b) => a.distance - b.distance)[0];
+  if (near) return `unknown key ${show(key)} (did you mean "${near.name}"?)`;
+  return `unknown key ${show(key)} (known keys: ${known.join(", ")})`;
+}
+
+type SchemaNode = { type: string; wrapped?: SchemaNode; entries?: Record<string, SchemaNode> };
+
+/** The keys the schema allows in the mapping at `path`. */
+function knownKeys(path: readonly string[]): string[] {
+  const unwrap = (node: SchemaNode | undefined) => {
+    while (node && (node.type === "nullish" || node.type === "optional")) node = node.wrapped;
+    return node;
+  };
+  let node: SchemaNode | undefined = Config as unknown as SchemaNode;
+  for (const key of path) node = unwrap(unwrap(node)?.entries?.[key]);
+  return Object.keys(unwrap(node)?.entries ?? {});
+}
+
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      current[j] = Math.min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost);
+    }
+    previous = current;
+  }
+  return previous[b.length];
+}
+
+const SHOW_LIMIT = 60;
+
+/** Renders a value for a message: strings quoted, long values cut. Never throws. */
+function show(value: unknown): string {
+  const cut = (s: string) => (s.length > SHOW_LIMIT ? `${s.slice(0, SHOW_LIMIT)}…` : s);
+  switch (typeof value) {
+    case "string":
+      return value.length > SHOW_LIMIT
+        ? `${JSON.stringify(value.slice(0, SHOW_LIMIT))}…`
+        : JSON.stringify(value);
+    case "number":
+      return Object.is(value, -0) ? "-0" : String(value);
+    case "bigint":
+      return `${value}n`;
+    case "boolean":
+    case "undefined":
+      return String(value);
+    case "symbol":
+      return "a symbol";
+    case "function":
+      return "a function";
+  }
+  if (value === null) return "null";
+  try {
+    const json = JSON.stringify(value);
+    if (json !== undefined) return cut(json);
+  } catch {
+    // A cycle or a bigint inside: fall through to the kind.
+  }
+  return Array.isArray(value) ? "a list" : "a mapping";
+}
