@@ -23,6 +23,7 @@
 import { assign, enqueueActions, setup } from "xstate";
 import type { AnyStateMachine } from "xstate";
 import { type Backoff, createBackoff, nextDelay, recordRestart, resetBackoff } from "../lib/backoff.ts";
+import { PipelineUnavailableError } from "../lib/batch.ts";
 import { STAGES, type StageName } from "../lib/schemas.ts";
 import type { StageDeps } from "./_stage_deps.ts";
 import { aggregateStageMachine } from "./aggregate_stage.ts";
@@ -51,6 +52,27 @@ export function createStageRuntimes(deps: StageDeps): StageRuntimes {
     aggregate: new StageRuntime("aggregate", stages.aggregate.mailbox_capacity),
     store: new StageRuntime("store", stages.store.mailbox_capacity),
   };
+}
+
+/**
+ * Fails the ticket of every batch still queued or held in any stage: the
+ * requests get a 503 and nothing of them is acknowledged. Used when the
+ * root supervisor gives up.
+ */
+export function abandonAll(runtimes: StageRuntimes, reason: string): number {
+  let n = 0;
+  for (const stage of STAGES) {
+    const rt = runtimes[stage];
+    const batches = rt.mailbox.drain();
+    for (const d of rt.inFlight.values()) batches.push(...d.batches);
+    rt.inFlight.clear();
+    rt.mailbox.cancelWaiters();
+    for (const b of batches) {
+      b.ticket.fail(new PipelineUnavailableError(`Not committed: ${reason}`));
+      n++;
+    }
+  }
+  return n;
 }
 
 /** Input of the pipeline supervisor. */

@@ -24,7 +24,7 @@
 import { assign, enqueueActions, setup } from "xstate";
 import { type Backoff, createBackoff, nextDelay, recordRestart, resetBackoff } from "../lib/backoff.ts";
 import type { StageDeps } from "./_stage_deps.ts";
-import { pipelineMachine, type StageRuntimes } from "./pipeline.ts";
+import { abandonAll, pipelineMachine, type StageRuntimes } from "./pipeline.ts";
 
 /** Input of the root supervisor. */
 export interface RootInput {
@@ -93,6 +93,7 @@ export const rootSupervisorMachine = setup({
             actions: enqueueActions(({ context, event, enqueue }) => {
               const reason = event.error instanceof Error ? event.error.message : String(event.error);
               context.deps.log.fatal("Root supervisor gave up: {reason}", { reason });
+              abandonAll(context.runtimes, `the root supervisor gave up (${reason})`);
               context.deps.metrics.actorRestartsTotal.inc({ actor: "pipeline" });
               enqueue.stopChild("pipeline");
               enqueue.assign({ lastError: reason });

@@ -1,0 +1,147 @@
+/**
+ * @module
+ * Measures {@linkcode openSqliteWriter}'s `commit` on a real file in a
+ * temporary directory: 1000 new records in one unit and in 10 units of 100,
+ * with `synchronous` full and normal, plus 100 new records in one unit (where
+ * the fsync of `full` weighs most) and a commit of 1000 duplicates.
+ * Records look like seed 000's (100 users, 5 event types, small metadata);
+ * the deltas are supplied as the aggregate stage would. Only the commit is
+ * timed. Records per second = records / time per iteration.
+ *
+ * Run: `deno bench --allow-all bench/sqlite_store_bench.ts`
+ */
+import { DatabaseSync } from "node:sqlite";
+import { aggregateRecords } from "../lib/aggregate.ts";
+import type { ProcessedRecord } from "../lib/schemas.ts";
+import { toUtcIso } from "../lib/schemas.ts";
+import { openSqliteWriter, type SqliteOptions, sqlitePath } from "../lib/sqlite_store.ts";
+import type { CommitUnit, StoreWriter } from "../lib/store.ts";
+
+const RECORDS = 1000;
+const EVENTS = ["login", "page_view", "click", "purchase", "logout"];
+const START_MS = Date.UTC(2025, 0, 15, 10);
+
+const dir = Deno.makeTempDirSync({ prefix: "troupe_sqlite_bench_" });
+globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+
+const sqliteVersion = (() => {
+  const db = new DatabaseSync(":memory:");
+  const row = db.prepare("SELECT sqlite_version() AS v").get() as { v: string };
+  db.close();
+  return row.v;
+})();
+console.log(
+  `sqlite_store bench: SQLite ${sqliteVersion}, ${navigator.hardwareConcurrency} cores, ` +
+    `temp dir ${dir}; records/s = records per commit / time per iteration`,
+);
+
+let nextId = 0;
+
+/** `count` records with ids never used before. */
+function freshRecords(count: number): ProcessedRecord[] {
+  return Array.from({ length: count }, (_, i) => {
+    const id = nextId++;
+    const timestamp_ms = START_MS + id * 10;
+    return {
+      id,
+      timestamp: toUtcIso(timestamp_ms),
+      timestamp_ms,
+      user_id: `user_${String(id % 100).padStart(3, "0")}`,
+      event: EVENTS[i % EVENTS.length],
+      value: (id % 97) / 4,
+      metadata: { ip: "192.168.1.1", page: `/p/${id % 13}` },
+      received_at: toUtcIso(timestamp_ms + 5),
+      anomaly_score: 0,
+      is_anomaly: false,
+    };
+  });
+}
+
+function units(unitCount: number, withDeltas = true): CommitUnit[] {
+  return Array.from({ length: unitCount }, () => {
+    const records = freshRecords(RECORDS / unitCount);
+    return withDeltas
+      ? { records, failed: [], deltas: aggregateRecords(records) }
+      : { records, failed: [] };
+  });
+}
+
+const writers = new Map<string, StoreWriter>();
+
+/** One writer (and file) per bench, opened on first use. */
+function writer(name: string, options: SqliteOptions): StoreWriter {
+  let w = writers.get(name);
+  if (w === undefined) {
+    w = openSqliteWriter(sqlitePath(`${dir}/${name}`), options);
+    writers.set(name, w);
+  }
+  return w;
+}
+
+for (const synchronous of ["normal", "full"] as const) {
+  Deno.bench({
+    name: `commit 1000 new records in 1 unit, synchronous=${synchronous}`,
+    group: "1 unit of 1000",
+    baseline: synchronous === "normal",
+    async fn(b) {
+      const w = writer(`one_${synchronous}`, { synchronous });
+      const batch = units(1);
+      b.start();
+      await w.commit(batch);
+      b.end();
+    },
+  });
+  Deno.bench({
+    name: `commit 1000 new records in 10 units of 100, synchronous=${synchronous}`,
+    group: "10 units of 100",
+    baseline: synchronous === "normal",
+    async fn(b) {
+      const w = writer(`ten_${synchronous}`, { synchronous });
+      const batch = units(10);
+      b.start();
+      await w.commit(batch);
+      b.end();
+    },
+  });
+}
+
+for (const synchronous of ["normal", "full"] as const) {
+  Deno.bench({
+    name: `commit 100 new records in 1 unit, synchronous=${synchronous}`,
+    group: "1 unit of 100",
+    baseline: synchronous === "normal",
+    async fn(b) {
+      const w = writer(`small_${synchronous}`, { synchronous });
+      const records = freshRecords(100);
+      const batch = [{ records, failed: [], deltas: aggregateRecords(records) }];
+      b.start();
+      await w.commit(batch);
+      b.end();
+    },
+  });
+}
+
+Deno.bench({
+  name: "commit 1000 new records in 1 unit without deltas, synchronous=normal",
+  group: "1 unit of 1000",
+  async fn(b) {
+    const w = writer("nodeltas_normal", { synchronous: "normal" });
+    const batch = units(1, false);
+    b.start();
+    await w.commit(batch);
+    b.end();
+  },
+});
+
+Deno.bench({
+  name: "commit 1000 duplicate records in 1 unit, synchronous=normal",
+  group: "duplicates",
+  async fn(b) {
+    const w = writer("dups_normal", { synchronous: "normal" });
+    const batch = units(1);
+    await w.commit(batch);
+    b.start();
+    await w.commit(batch);
+    b.end();
+  },
+});

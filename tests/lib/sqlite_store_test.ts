@@ -1,0 +1,595 @@
+/**
+ * @module
+ * Tests of the SQLite store against real files in a temporary directory:
+ * seed 000's expected aggregate, idempotent commits, rollback on failure,
+ * durability across reopening, paging, and a property test that the
+ * aggregate tables always equal a recomputation from the stored records.
+ */
+import assert from "node:assert/strict";
+import { DatabaseSync } from "node:sqlite";
+import fc from "fast-check";
+import { aggregateRecords, mergeEvent, mergeUser } from "../../lib/aggregate.ts";
+import type { FailedRecord, ProcessedRecord, RecordId, StageName } from "../../lib/schemas.ts";
+import { recordKey, toUtcIso } from "../../lib/schemas.ts";
+import {
+  openSqliteReader,
+  openSqliteWriter,
+  SCHEMA_VERSION,
+  type SqliteOptions,
+  sqlitePath,
+} from "../../lib/sqlite_store.ts";
+import type { CommitUnit, StoreReader, StoreWriter } from "../../lib/store.ts";
+
+const RECEIVED_AT = "2025-01-15T10:00:06Z";
+
+function processed(
+  r: { id: RecordId; timestamp: string; user_id: string; event: string; value: number },
+  metadata: Record<string, unknown> = {},
+): ProcessedRecord {
+  const timestamp_ms = Date.parse(r.timestamp);
+  return {
+    id: r.id,
+    timestamp: toUtcIso(timestamp_ms),
+    timestamp_ms,
+    user_id: r.user_id,
+    event: r.event,
+    value: r.value,
+    metadata,
+    received_at: RECEIVED_AT,
+    anomaly_score: 0,
+    is_anomaly: false,
+  };
+}
+
+/** Seed 000's two sample records. */
+const SEED = [
+  processed({
+    id: 1,
+    timestamp: "2025-01-15T10:00:00Z",
+    user_id: "user_001",
+    event: "login",
+    value: 1.0,
+  }, { ip: "192.168.1.1" }),
+  processed({
+    id: 2,
+    timestamp: "2025-01-15T10:00:05Z",
+    user_id: "user_001",
+    event: "page_view",
+    value: 0.5,
+  }, { page: "/home" }),
+];
+
+const SEED_USER = {
+  user_id: "user_001",
+  total_events: 2,
+  total_value: 1.5,
+  events: ["login", "page_view"],
+  last_activity: "2025-01-15T10:00:05Z",
+};
+
+function failure(stage: StageName, n: number, record_id: RecordId | null = n): FailedRecord {
+  return {
+    record_id,
+    stage,
+    reason: `reason ${n}`,
+    raw: { id: record_id, n },
+    failed_at: toUtcIso(Date.UTC(2025, 0, 15, 10, 0, n)),
+  };
+}
+
+interface Store {
+  dir: string;
+  path: string;
+  writer: StoreWriter;
+  reader: StoreReader;
+}
+
+/** Opens a writer and a reader on a fresh file, runs `fn`, then closes both and cleans up. */
+async function withStore(
+  fn: (s: Store) => Promise<void>,
+  options: SqliteOptions = { synchronous: "normal" },
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "troupe_sqlite_" });
+  const path = sqlitePath(`${dir}/data`);
+  const writer = openSqliteWriter(path, options);
+  const reader = openSqliteReader(path);
+  try {
+    await fn({ dir, path, writer, reader });
+  } finally {
+    await reader.close();
+    await writer.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+function unit(records: ProcessedRecord[], failed: FailedRecord[] = [], deltas = false): CommitUnit {
+  return deltas ? { records, failed, deltas: aggregateRecords(records) } : { records, failed };
+}
+
+Deno.test("sqlitePath puts troupe.db in the data directory", () => {
+  assert.equal(sqlitePath("data"), "data/troupe.db");
+});
+
+Deno.test("openSqliteWriter creates the directory and a versioned schema idempotently", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "troupe_sqlite_" });
+  try {
+    const path = sqlitePath(`${dir}/nested/data`);
+    await openSqliteWriter(path).close();
+    const writer = openSqliteWriter(path);
+    await writer.ping();
+    await writer.close();
+    const db = new DatabaseSync(path, { readOnly: true });
+    try {
+      assert.deepEqual({ ...db.prepare("PRAGMA user_version").get() }, {
+        user_version: SCHEMA_VERSION,
+      });
+      assert.deepEqual({ ...db.prepare("PRAGMA journal_mode").get() }, { journal_mode: "wal" });
+    } finally {
+      db.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("openSqliteWriter refuses a file with another schema version", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "troupe_sqlite_" });
+  try {
+    const path = sqlitePath(dir);
+    const db = new DatabaseSync(path);
+    db.exec("PRAGMA user_version = 99");
+    db.close();
+    assert.throws(() => openSqliteWriter(path), /schema version 99 is not 1/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("openSqliteWriter rejects invalid options", () => {
+  assert.throws(() => openSqliteWriter(":memory:", { busyTimeoutMs: -1 }), RangeError);
+  assert.throws(
+    () => openSqliteWriter(":memory:", { synchronous: "off" as "full" }),
+    /Invalid synchronous mode "off"/,
+  );
+});
+
+Deno.test("openSqliteReader throws when the file does not exist", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "troupe_sqlite_" });
+  try {
+    assert.throws(() => openSqliteReader(sqlitePath(dir)), /the file does not exist/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("openSqliteReader reads a file without schema as empty until a writer creates it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "troupe_sqlite_" });
+  const path = sqlitePath(dir);
+  new DatabaseSync(path).close();
+  const reader = openSqliteReader(path);
+  try {
+    assert.equal(await reader.getUser("user_001"), undefined);
+    assert.deepEqual(await reader.listUsers(10), { users: [], next_cursor: null });
+    assert.deepEqual(await reader.listFailed(10), []);
+    assert.deepEqual(await reader.counts(), {
+      stored_records: 0,
+      failed_records: 0,
+      users: 0,
+      events: 0,
+    });
+    const writer = openSqliteWriter(path);
+    await writer.commit([unit(SEED)]);
+    await writer.close();
+    assert.deepEqual(await reader.getUser("user_001"), SEED_USER);
+  } finally {
+    await reader.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("StoreWriter.commit stores seed 000 and its user aggregate", async () => {
+  await withStore(async ({ writer, reader }) => {
+    const outcomes = await writer.commit([unit(SEED, [], true)]);
+
+    assert.deepEqual(outcomes, [{ inserted: [true, true] }]);
+    assert.deepEqual(await reader.getUser("user_001"), SEED_USER);
+    assert.deepEqual(Object.keys((await reader.getUser("user_001"))!), Object.keys(SEED_USER));
+    assert.deepEqual(await reader.getEvent("login"), {
+      event: "login",
+      count: 1,
+      total_value: 1,
+      min_value: 1,
+      max_value: 1,
+    });
+    assert.deepEqual(await reader.getRecord(1), SEED[0]);
+    assert.deepEqual(await reader.getRecord("2"), SEED[1]);
+    assert.equal(await reader.getRecord(3), undefined);
+    assert.equal(await reader.getUser("user_002"), undefined);
+    assert.equal(await reader.getEvent("logout"), undefined);
+  });
+});
+
+Deno.test("StoreWriter.commit of the same records again changes nothing", async () => {
+  await withStore(async ({ writer, reader }) => {
+    await writer.commit([unit(SEED, [], true)]);
+
+    const outcomes = await writer.commit([unit(SEED, [], true)]);
+
+    assert.deepEqual(outcomes, [{ inserted: [false, false] }]);
+    assert.deepEqual(await reader.getUser("user_001"), SEED_USER);
+    assert.equal((await reader.getEvent("page_view"))?.count, 1);
+    assert.deepEqual(await reader.counts(), {
+      stored_records: 2,
+      failed_records: 0,
+      users: 1,
+      events: 2,
+    });
+  });
+});
+
+Deno.test("StoreWriter.commit treats a repeated id within one commit as a duplicate", async (t) => {
+  await t.step("in one unit", async () => {
+    await withStore(async ({ writer, reader }) => {
+      const again = { ...SEED[1], id: 1, value: 100 };
+      const outcomes = await writer.commit([unit([SEED[0], again], [], true)]);
+
+      assert.deepEqual(outcomes, [{ inserted: [true, false] }]);
+      assert.deepEqual(await reader.getRecord(1), SEED[0]);
+      assert.deepEqual(await reader.getUser("user_001"), {
+        user_id: "user_001",
+        total_events: 1,
+        total_value: 1,
+        events: ["login"],
+        last_activity: "2025-01-15T10:00:00Z",
+      });
+    });
+  });
+  await t.step('across units, with 1 and "1" as the same id', async () => {
+    await withStore(async ({ writer, reader }) => {
+      const outcomes = await writer.commit([
+        unit([SEED[0]], [], true),
+        unit([{ ...SEED[0], id: "1" }, SEED[1]], [], true),
+      ]);
+
+      assert.deepEqual(outcomes, [{ inserted: [true] }, { inserted: [false, true] }]);
+      assert.deepEqual(await reader.getUser("user_001"), SEED_USER);
+      assert.equal((await reader.counts()).stored_records, 2);
+    });
+  });
+});
+
+Deno.test("StoreWriter.commit tells new from stored records across chunks of both", async () => {
+  await withStore(async ({ writer, reader }) => {
+    const records = Array.from({ length: 250 }, (_, i) =>
+      processed({
+        id: i,
+        timestamp: "2025-01-15T10:00:00Z",
+        user_id: `user_${i % 4}`,
+        event: "click",
+        value: 1,
+      }));
+    const before = records.filter((_, i) => i % 3 === 0);
+    await writer.commit([unit(before)]);
+
+    const [outcome] = await writer.commit([unit(records, [], true)]);
+
+    assert.deepEqual(outcome.inserted, records.map((_, i) => i % 3 !== 0));
+    assert.equal((await reader.getEvent("click"))?.count, 250);
+    assert.equal((await reader.counts()).stored_records, 250);
+  });
+});
+
+Deno.test("StoreWriter.commit ignores supplied deltas of a unit holding a duplicate", async () => {
+  await withStore(async ({ writer, reader }) => {
+    await writer.commit([unit([SEED[0]])]);
+    const third = processed({
+      id: 3,
+      timestamp: "2025-01-15T10:00:07Z",
+      user_id: "user_002",
+      event: "login",
+      value: 2,
+    });
+
+    const outcomes = await writer.commit([unit([...SEED, third], [], true)]);
+
+    assert.deepEqual(outcomes, [{ inserted: [false, true, true] }]);
+    assert.deepEqual(await reader.getUser("user_001"), SEED_USER);
+    assert.deepEqual(await reader.getEvent("login"), {
+      event: "login",
+      count: 2,
+      total_value: 3,
+      min_value: 1,
+      max_value: 2,
+    });
+    assert.equal((await reader.counts()).stored_records, 3);
+  });
+});
+
+Deno.test("StoreWriter.commit writes nothing when the transaction fails", async (t) => {
+  const many = Array.from({ length: 250 }, (_, i) =>
+    processed({
+      id: 10 + i,
+      timestamp: "2025-01-15T10:01:00Z",
+      user_id: `user_${i % 7}`,
+      event: "click",
+      value: i,
+    }));
+  const bad = (id: number) =>
+    processed({
+      id,
+      timestamp: "2025-01-15T10:02:00Z",
+      user_id: "user_001",
+      event: "login",
+      value: 1,
+    }, { big: 1n });
+
+  async function assertUnchanged(reader: StoreReader): Promise<void> {
+    assert.deepEqual(await reader.getUser("user_001"), SEED_USER);
+    assert.equal(await reader.getUser("user_3"), undefined);
+    assert.equal(await reader.getEvent("click"), undefined);
+    assert.equal(await reader.getRecord(10), undefined);
+    assert.deepEqual(await reader.listFailed(10), []);
+    assert.deepEqual(await reader.counts(), {
+      stored_records: 2,
+      failed_records: 0,
+      users: 1,
+      events: 2,
+    });
+  }
+
+  await t.step("on a record JSON cannot encode, after two chunks went in", async () => {
+    await withStore(async ({ writer, reader }) => {
+      await writer.commit([unit(SEED)]);
+
+      await assert.rejects(
+        writer.commit([unit(many, [failure("validate", 1)]), unit([bad(999)])]),
+        TypeError,
+      );
+
+      await assertUnchanged(reader);
+      assert.deepEqual(await writer.commit([unit([many[0]])]), [{ inserted: [true] }]);
+    });
+  });
+  await t.step("on a failed record JSON cannot encode, after records and aggregates", async () => {
+    await withStore(async ({ writer, reader }) => {
+      await writer.commit([unit(SEED)]);
+      const badFailure = { ...failure("transform", 2), raw: { big: 2n } };
+
+      await assert.rejects(writer.commit([unit(many, [badFailure], true)]), TypeError);
+
+      await assertUnchanged(reader);
+    });
+  });
+  await t.step("on a closed connection", async () => {
+    await withStore(async ({ path, writer, reader }) => {
+      await writer.commit([unit(SEED)]);
+      await writer.close();
+
+      await assert.rejects(writer.commit([unit(many)]), /not open/);
+      await assert.rejects(writer.ping(), /finalized|not open/);
+
+      await assertUnchanged(reader);
+      const again = openSqliteWriter(path);
+      assert.deepEqual(await again.commit([unit(SEED)]), [{ inserted: [false, false] }]);
+      await again.close();
+    });
+  });
+});
+
+Deno.test("StoreWriter.commit keeps data across closing and reopening", async () => {
+  await withStore(async ({ path, writer, reader }) => {
+    await writer.commit([unit(SEED, [failure("validate", 7, null)], true)]);
+    await writer.close();
+    await reader.close();
+
+    const writer2 = openSqliteWriter(path, { synchronous: "full" });
+    const reader2 = openSqliteReader(path);
+    try {
+      assert.deepEqual(await reader2.getUser("user_001"), SEED_USER);
+      assert.deepEqual(await reader2.getRecord(2), SEED[1]);
+      assert.deepEqual(await reader2.counts(), {
+        stored_records: 2,
+        failed_records: 1,
+        users: 1,
+        events: 2,
+      });
+      assert.deepEqual(await writer2.commit([unit(SEED, [], true)]), [{
+        inserted: [false, false],
+      }]);
+      assert.equal((await reader2.listFailed(10))[0].record_id, null);
+    } finally {
+      await reader2.close();
+      await writer2.close();
+    }
+  });
+});
+
+Deno.test("StoreReader.counts follows stored, failed, users and events", async () => {
+  await withStore(async ({ writer, reader }) => {
+    const records = Array.from({ length: 230 }, (_, i) =>
+      processed({
+        id: `r-${i}`,
+        timestamp: "2025-01-15T10:00:00Z",
+        user_id: `user_${String(i % 150).padStart(3, "0")}`,
+        event: ["login", "click", "logout"][i % 3],
+        value: 1,
+      }));
+    await writer.commit([
+      unit(records.slice(0, 120), [failure("validate", 1), failure("transform", 2)]),
+      unit(records.slice(100), [failure("store", 3)], true),
+    ]);
+
+    assert.deepEqual(await reader.counts(), {
+      stored_records: 230,
+      failed_records: 3,
+      users: 150,
+      events: 3,
+    });
+  });
+});
+
+Deno.test("StoreReader.listUsers pages through every user exactly once", async (t) => {
+  await withStore(async ({ writer, reader }) => {
+    const ids = Array.from({ length: 53 }, (_, i) => `user_${String(i).padStart(3, "0")}`);
+    await writer.commit([unit(ids.map((user_id, i) =>
+      processed({
+        id: i,
+        timestamp: "2025-01-15T10:00:00Z",
+        user_id,
+        event: "login",
+        value: i,
+      })
+    ))]);
+
+    for (const limit of [1, 10, 53, 100]) {
+      await t.step(`with limit ${limit}`, async () => {
+        const seen: string[] = [];
+        let cursor: string | undefined;
+        let pages = 0;
+        do {
+          const page = await reader.listUsers(limit, cursor);
+          assert.ok(page.users.length <= limit);
+          seen.push(...page.users.map((u) => u.user_id));
+          cursor = page.next_cursor ?? undefined;
+          pages++;
+        } while (cursor !== undefined);
+        assert.deepEqual(seen, ids);
+        assert.equal(pages, Math.ceil(ids.length / limit));
+      });
+    }
+    await t.step("rejects a limit below 1", async () => {
+      await assert.rejects(reader.listUsers(0), RangeError);
+    });
+  });
+});
+
+Deno.test("StoreReader.listFailed lists newest first and filters by stage", async () => {
+  await withStore(async ({ writer, reader }) => {
+    await writer.commit([unit([], [failure("validate", 1), failure("transform", 2, "b")])]);
+    await writer.commit([
+      unit([], [failure("validate", 3, null)]),
+      unit([], [{ ...failure("store", 4), raw: undefined }]),
+    ]);
+
+    const all = await reader.listFailed(10);
+    assert.deepEqual(all.map((f) => f.reason), ["reason 4", "reason 3", "reason 2", "reason 1"]);
+    assert.deepEqual(all.map((f) => f.seq), [4, 3, 2, 1]);
+    assert.deepEqual(all[2], { seq: 2, ...failure("transform", 2, "b") });
+    assert.deepEqual(all[3], { seq: 1, ...failure("validate", 1) });
+    assert.equal(all[1].record_id, null);
+    assert.equal(all[0].raw, null);
+    assert.deepEqual((await reader.listFailed(2)).map((f) => f.seq), [4, 3]);
+    assert.deepEqual((await reader.listFailed(10, "validate")).map((f) => f.seq), [3, 1]);
+    assert.deepEqual(await reader.listFailed(10, "aggregate"), []);
+    await assert.rejects(reader.listFailed(-1), RangeError);
+  });
+});
+
+Deno.test("StoreWriter.commit of nothing succeeds without writing", async () => {
+  await withStore(async ({ writer, reader }) => {
+    assert.deepEqual(await writer.commit([]), []);
+    assert.deepEqual(await writer.commit([unit([]), unit([])]), [{ inserted: [] }, {
+      inserted: [],
+    }]);
+    assert.equal((await reader.counts()).stored_records, 0);
+  });
+});
+
+/** Reads every stored record in insertion order, straight from the table. */
+function storedRecords(path: string): ProcessedRecord[] {
+  const db = new DatabaseSync(path, { readOnly: true });
+  try {
+    return (db.prepare("SELECT body FROM records ORDER BY seq").all() as { body: string }[])
+      .map((row) => JSON.parse(row.body));
+  } finally {
+    db.close();
+  }
+}
+
+const recordArb = fc.record({
+  // A small pool of ids, as numbers and as strings, so duplicates are common.
+  id: fc.oneof(fc.integer({ min: 0, max: 14 }), fc.integer({ min: 0, max: 14 }).map(String)),
+  ms: fc.integer({ min: Date.UTC(2025, 0, 1), max: Date.UTC(2025, 0, 2) }),
+  user_id: fc.constantFrom("u1", "u2", "u3", "ü4"),
+  event: fc.constantFrom("login", "click", "logout"),
+  // Quarters add up exactly, so sums do not depend on the order of addition.
+  value: fc.integer({ min: -400, max: 400 }).map((n) => n / 4),
+}).map((r) =>
+  processed({
+    id: r.id,
+    timestamp: new Date(r.ms).toISOString(),
+    user_id: r.user_id,
+    event: r.event,
+    value: r.value,
+  })
+);
+
+const unitArb = fc.record({
+  records: fc.array(recordArb, { maxLength: 12 }),
+  failures: fc.nat({ max: 2 }),
+  deltas: fc.boolean(),
+});
+
+Deno.test("StoreWriter.commit keeps aggregates equal to a recomputation from stored records", async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.array(fc.array(unitArb, { minLength: 1, maxLength: 3 }), { minLength: 1, maxLength: 5 }),
+      async (commits) => {
+        await withStore(async ({ path, writer, reader }) => {
+          const seen = new Set<string>();
+          const expectedStored: ProcessedRecord[] = [];
+          let failedTotal = 0;
+          for (const commit of commits) {
+            const units = commit.map((u) => {
+              failedTotal += u.failures;
+              const failed = Array.from({ length: u.failures }, (_, i) => failure("validate", i));
+              return unit(u.records, failed, u.deltas);
+            });
+            const expected = commit.map((u) => ({
+              inserted: u.records.map((r) => {
+                const key = recordKey(r.id);
+                if (seen.has(key)) return false;
+                seen.add(key);
+                expectedStored.push(r);
+                return true;
+              }),
+            }));
+
+            assert.deepEqual(await writer.commit(units), expected);
+          }
+
+          const stored = storedRecords(path);
+          assert.deepEqual(stored, expectedStored);
+          const deltas = aggregateRecords(stored);
+          const users = [];
+          let cursor: string | undefined;
+          do {
+            const page = await reader.listUsers(2, cursor);
+            users.push(...page.users);
+            cursor = page.next_cursor ?? undefined;
+          } while (cursor !== undefined);
+          assert.equal(users.length, deltas.users.size);
+          for (const user of users) {
+            const { last_ms: _, ...expected } = mergeUser(
+              undefined,
+              deltas.users.get(user.user_id)!,
+            );
+            assert.deepEqual(user, expected);
+          }
+          for (const delta of deltas.events.values()) {
+            assert.deepEqual(await reader.getEvent(delta.event), mergeEvent(undefined, delta));
+          }
+          const counts = await reader.counts();
+          assert.deepEqual(counts, {
+            stored_records: stored.length,
+            failed_records: failedTotal,
+            users: deltas.users.size,
+            events: deltas.events.size,
+          });
+          assert.equal(counts.stored_records, users.reduce((n, u) => n + u.total_events, 0));
+        });
+      },
+    ),
+    { numRuns: 60 },
+  );
+});

@@ -1,0 +1,178 @@
+import assert from "node:assert/strict";
+import { FaultInjector } from "../lib/faults.ts";
+import {
+  getJson,
+  makeRecords,
+  postRecords,
+  SEED_RECORDS,
+  SEED_USER,
+  startTestService,
+  waitFor,
+} from "./_helpers.ts";
+
+Deno.test("POST /v1/records stores seed 000's records and answers after commit", async (t) => {
+  const svc = await startTestService();
+  try {
+    await t.step("the two records give exactly the expected aggregate", async () => {
+      const res = await postRecords(svc.url, SEED_RECORDS);
+      assert.equal(res.status, 200);
+      assert.deepEqual(res.body, { accepted: 2, duplicates: 0, rejected: 0, errors: [] });
+      // Answered after commit: the records are readable at once.
+      const user = await getJson(svc.url, "/v1/users/user_001");
+      assert.equal(user.status, 200);
+      assert.deepEqual(user.body, SEED_USER);
+    });
+
+    await t.step("posting them again changes nothing", async () => {
+      const res = await postRecords(svc.url, SEED_RECORDS);
+      assert.equal(res.status, 200);
+      assert.deepEqual(res.body, { accepted: 0, duplicates: 2, rejected: 0, errors: [] });
+      assert.deepEqual((await getJson(svc.url, "/v1/users/user_001")).body, SEED_USER);
+      const stats = await getJson(svc.url, "/v1/stats");
+      assert.equal(stats.body.stored_records, 2);
+    });
+
+    await t.step("the users list has seed 000's shape", async () => {
+      const res = await getJson(svc.url, "/v1/users?limit=10");
+      const { user_id: _, ...rest } = SEED_USER;
+      assert.deepEqual(res.body, { users: { user_001: rest }, next_cursor: null });
+    });
+
+    await t.step("a rejected record is reported and stored as failed", async () => {
+      const bad = { id: 3, timestamp: "yesterday", user_id: "user_002", event: "login", value: 1 };
+      const res = await postRecords(svc.url, [bad, { ...SEED_RECORDS[0], id: 4 }]);
+      assert.equal(res.status, 200);
+      assert.equal(res.body.accepted, 1);
+      assert.equal(res.body.rejected, 1);
+      const [err] = res.body.errors as Array<Record<string, unknown>>;
+      assert.equal(err.index, 0);
+      assert.equal(err.id, 3);
+      assert.equal(err.stage, "validate");
+      assert.match(String(err.message), /timestamp/);
+      const failed = await getJson(svc.url, "/v1/failed?limit=5");
+      assert.equal(failed.body.failed[0].record_id, 3);
+      assert.equal(failed.body.failed[0].stage, "validate");
+      assert.deepEqual(failed.body.failed[0].raw, bad);
+      assert.equal((await getJson(svc.url, "/v1/stats")).body.failed_records, 1);
+    });
+
+    await t.step("only rejected records answer 422 with the same body", async () => {
+      const res = await postRecords(svc.url, { id: 5, value: "1" });
+      assert.equal(res.status, 422);
+      assert.equal(res.body.accepted, 0);
+      assert.equal(res.body.rejected, 1);
+    });
+
+    await t.step("the stored record is transformed", async () => {
+      await postRecords(svc.url, [{ ...SEED_RECORDS[0], id: "t-1", user_id: "  u9 ", event: " LogIn ", timestamp: "2025-01-15T12:00:00+02:00" }]);
+      const rec = await getJson(svc.url, "/v1/records/t-1");
+      assert.equal(rec.status, 200);
+      assert.equal(rec.body.user_id, "u9");
+      assert.equal(rec.body.event, "login");
+      assert.equal(rec.body.timestamp, "2025-01-15T10:00:00Z");
+      assert.equal(typeof rec.body.received_at, "string");
+      assert.equal(rec.body.is_anomaly, false);
+      assert.equal((await getJson(svc.url, "/v1/records/nope")).status, 404);
+      assert.equal((await getJson(svc.url, "/v1/users/nobody")).status, 404);
+      assert.equal((await getJson(svc.url, "/v1/events/login")).body.count, 3);
+    });
+  } finally {
+    await svc.close();
+  }
+});
+
+Deno.test("an acknowledged record is there after a restart", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "troupe_restart_" });
+  try {
+    const first = await startTestService({}, undefined, dir);
+    assert.equal((await postRecords(first.url, makeRecords(300, "keep"))).body.accepted, 300);
+    await first.close();
+    const second = await startTestService({}, undefined, dir);
+    try {
+      const stats = await getJson(second.url, "/v1/stats");
+      assert.equal(stats.body.stored_records, 300);
+      assert.equal((await postRecords(second.url, makeRecords(300, "keep"))).body.duplicates, 300);
+    } finally {
+      await second.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a stage actor that throws is restarted and its batch is committed once", async () => {
+  const faults = new FaultInjector();
+  const svc = await startTestService({ supervisor: { backoff_initial_ms: 5, backoff_max_ms: 20 } }, faults);
+  try {
+    faults.set({ stages: { transform: { throw_count: 2, throw_rate: 0, latency_ms: 0 } }, poison_ids: [], poison_stages: ["transform"] });
+    const res = await postRecords(svc.url, makeRecords(50, "crash"));
+    assert.equal(res.status, 200);
+    assert.equal(res.body.accepted, 50);
+    assert.equal(svc.system.runtimes.transform.workerRestarts, 2);
+    const stats = await getJson(svc.url, "/v1/stats");
+    assert.equal(stats.body.stored_records, 50);
+    const users = await getJson(svc.url, "/v1/users?limit=100");
+    const total = Object.values(users.body.users as Record<string, { total_events: number }>)
+      .reduce((n, u) => n + u.total_events, 0);
+    assert.equal(total, 50, "no record counted twice");
+    const metrics = await (await fetch(`${svc.url}/metrics`)).text();
+    assert.match(metrics, /troupe_actor_restarts_total\{actor="worker\.transform"\} 2/);
+  } finally {
+    await svc.close();
+  }
+});
+
+Deno.test("a poison record is isolated to the failed store and the rest of its batch commits once", async () => {
+  const faults = new FaultInjector();
+  const svc = await startTestService({
+    supervisor: { backoff_initial_ms: 1, backoff_max_ms: 5, max_restarts: 100, within_ms: 10000 },
+    pipeline: { max_attempts: 2 },
+  }, faults);
+  try {
+    faults.set({ stages: {}, poison_ids: ["p-13"], poison_stages: ["transform"] });
+    const res = await postRecords(svc.url, makeRecords(40, "p"));
+    assert.equal(res.status, 200);
+    assert.equal(res.body.accepted, 39);
+    assert.equal(res.body.rejected, 1);
+    const [err] = res.body.errors as Array<Record<string, unknown>>;
+    assert.equal(err.id, "p-13");
+    assert.equal(err.index, 13);
+    assert.equal(err.stage, "transform");
+    assert.match(String(err.message), /Poison record/);
+    const failed = await getJson(svc.url, "/v1/failed?stage=transform");
+    assert.equal(failed.body.failed.length, 1);
+    assert.equal((await getJson(svc.url, "/v1/stats")).body.stored_records, 39);
+    assert.equal((await getJson(svc.url, "/readyz")).status, 200);
+  } finally {
+    await svc.close();
+  }
+});
+
+Deno.test("when the root supervisor gives up, /readyz answers 503 and /healthz still answers", async () => {
+  const faults = new FaultInjector();
+  const svc = await startTestService({
+    supervisor: { max_restarts: 1, within_ms: 60000, backoff_initial_ms: 1, backoff_max_ms: 2 },
+    pipeline: { max_attempts: 100 },
+  }, faults);
+  try {
+    faults.set({ stages: { validate: { throw_rate: 1, throw_count: 0, latency_ms: 0 } }, poison_ids: [], poison_stages: [] });
+    // The request is never acknowledged: it fails with 503 once the root gives up.
+    const pending = postRecords(svc.url, makeRecords(5, "doomed"));
+    const gaveUp = async () => {
+      const r = await getJson(svc.url, "/readyz");
+      return r.status === 503 && /gave up/.test(JSON.stringify(r.body.checks));
+    };
+    await waitFor(gaveUp, 10000, "the root supervisor to give up");
+    const ready = await getJson(svc.url, "/readyz");
+    assert.equal(ready.status, 503);
+    assert.equal(ready.body.checks.find((c: { name: string }) => c.name === "supervisors").ok, false);
+    assert.equal((await getJson(svc.url, "/healthz")).status, 200);
+    const late = await postRecords(svc.url, makeRecords(1, "late"));
+    assert.equal(late.status, 503);
+    assert.ok(late.headers.get("retry-after"));
+    const res = await pending;
+    assert.equal(res.status, 503);
+  } finally {
+    await svc.close();
+  }
+});
