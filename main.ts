@@ -26,28 +26,27 @@
  */
 import { Hono } from "hono";
 import process from "node:process";
-import * as v from "valibot";
-import { TroupeSystem } from "./actors/mod.ts";
-import { AnomalyTracker } from "./actors/transform_stage.ts";
+import { startSystem, type TroupeSystem } from "./actors/mod.ts";
 import denoJson from "./deno.json" with { type: "json" };
 import type { BodyLimits } from "./lib/body.ts";
 import { parseCommand } from "./lib/cli.ts";
 import { type Config, formatConfigErrors, loadConfig } from "./lib/config.ts";
-import { FaultInjector, FaultPlan } from "./lib/faults.ts";
+import { FaultInjector } from "./lib/faults.ts";
 import { getLog, setupLogging } from "./lib/log.ts";
 import { createMetrics, type Metrics } from "./lib/metrics.ts";
-import { dataRecordSchema } from "./lib/schemas.ts";
 import { serve, type Server } from "./lib/serve.ts";
 import { openSqliteReader, openSqliteWriter, sqlitePath } from "./lib/sqlite_store.ts";
 import { formatStatus, IngestStats } from "./lib/stats.ts";
-import type { StoreReader, StoreWriter } from "./lib/store.ts";
-import { notFound, onError } from "./routes/_errors.ts";
+import type { StoreReader } from "./lib/store.ts";
+import { bearerAuth } from "hono/bearer-auth";
+import { errorBody, notFound, onError } from "./routes/_errors.ts";
+import { createAdminRoutes } from "./routes/admin.ts";
 import { accessLog, type AppEnv, httpMetrics, requestId } from "./routes/_middleware.ts";
 import { createHealthRoutes } from "./routes/health.ts";
 import { createIngestRoutes } from "./routes/ingest.ts";
 import { createQueryRoutes } from "./routes/query.ts";
 import { countActors, createStatusRoutes } from "./routes/status.ts";
-// PROCESS_IMPORT
+import { runProcess } from "./lib/process_file.ts";
 
 /** troupe's version, from `deno.json`. */
 export const VERSION: string = denoJson.version;
@@ -72,42 +71,35 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     maxBytes: config.limits.max_body_bytes,
     maxRecords: config.limits.max_records_per_request,
   };
+  const token = config.auth.token;
+  if (token !== null) {
+    const auth = bearerAuth({
+      token,
+      noAuthenticationHeader: {
+        message: errorBody("unauthorized", "Missing Authorization: Bearer <token>"),
+      },
+      invalidAuthenticationHeader: {
+        message: errorBody(
+          "unauthorized",
+          "Malformed Authorization header: expected Bearer <token>",
+        ),
+      },
+      invalidToken: { message: errorBody("unauthorized", "Invalid token") },
+    });
+    app.use("/v1/*", auth);
+    if (config.auth.protect_metrics) app.use("/metrics", auth);
+    app.route("/", createAdminRoutes({ faults: system.deps.faults }));
+  }
   app.route("/", createHealthRoutes({ system, version: VERSION }));
-  app.route("/", createIngestRoutes({ system, limits, metrics, stats, maxWaitMs: config.ingest.max_wait_ms }));
+  app.route(
+    "/",
+    createIngestRoutes({ system, limits, metrics, stats, maxWaitMs: config.ingest.max_wait_ms }),
+  );
   app.route("/", createQueryRoutes({ reader }));
   app.route("/", createStatusRoutes({ system, reader, metrics, stats }));
   app.notFound(notFound);
   app.onError(onError(getLog("http")));
   return app;
-}
-
-/** Options of {@linkcode startSystem}. */
-export interface SystemOptions {
-  config: Config;
-  metrics: Metrics;
-  /** Opens one storage connection; defaults to the SQLite file in `config.data`. */
-  openWriter?: () => Promise<StoreWriter>;
-  faults?: FaultInjector;
-}
-
-/** Builds and starts the actor system over SQLite (or the given writer). */
-export function startSystem(options: SystemOptions): TroupeSystem {
-  const { config, metrics } = options;
-  const path = sqlitePath(config.data);
-  const openWriter = options.openWriter ??
-    (() => Promise.resolve(openSqliteWriter(path, { synchronous: config.storage.synchronous })));
-  return new TroupeSystem({
-    config,
-    schema: dataRecordSchema({
-      maxStringLength: config.limits.max_string_length,
-      maxDepth: config.limits.max_depth,
-    }),
-    anomaly: new AnomalyTracker(),
-    faults: options.faults ?? new FaultInjector(),
-    metrics,
-    log: getLog("pipeline"),
-    openWriter,
-  }).start();
 }
 
 /** A running service: the system, the server, and how to stop them. */
@@ -120,7 +112,7 @@ export interface Service {
 }
 
 /** Starts the HTTP service on the SQLite store in `config.data`. */
-export async function startService(config: Config, faults?: FaultInjector): Promise<Service> {
+export function startService(config: Config, faults?: FaultInjector): Service {
   const metrics = createMetrics();
   const path = sqlitePath(config.data);
   // The first writer creates the file and its schema; the reader opens after it.
@@ -157,36 +149,50 @@ export async function startService(config: Config, faults?: FaultInjector): Prom
       const drained = system.drain(Math.max(0, timeout - 500));
       const closed = server.shutdown();
       const ok = await drained;
-      await Promise.race([closed, new Promise((r) => setTimeout(r, Math.max(0, timeout - (Date.now() - started))))]);
+      await Promise.race([
+        closed,
+        new Promise((r) => setTimeout(r, Math.max(0, timeout - (Date.now() - started)))),
+      ]);
       system.stop();
       await reader.close();
-      log.info("Stopped in {ms} ms; drained: {ok}", { ms: Date.now() - started, ok });
+      const ms = Date.now() - started;
+      log.info(
+        `Stopped in ${ms} ms; ${ok ? "every accepted batch committed" : "drain timed out"}`,
+        { ms, ok },
+      );
       return ok;
     })();
     return stopping;
   };
-  log.info("troupe {version} listening on http://{host}:{port}, data in {data}", {
-    version: VERSION,
-    host: config.server.host,
-    port: server.port,
-    data: config.data,
-  });
+  log.info(
+    `troupe ${VERSION} listening on http://${config.server.host}:${server.port}, data in ${config.data}`,
+    {
+      version: VERSION,
+      host: config.server.host,
+      port: server.port,
+      data: config.data,
+    },
+  );
   return { system, server, reader, stop };
 }
 
-function faultsFromEnv(raw: string | undefined): FaultInjector | undefined {
-  if (raw === undefined || raw === "") return undefined;
-  let json: unknown;
-  try {
-    json = JSON.parse(raw);
-  } catch (error) {
-    throw new Error(`TROUPE_FAULTS is not JSON: ${(error as Error).message}`);
+/**
+ * Settings that come only from the environment, as raw config overrides:
+ * `TROUPE_TOKEN` and `TROUPE_FAULTS` (JSON). Validated with the rest.
+ */
+export function envOverrides(
+  env: Record<string, string | undefined>,
+): { ok: true; value: Record<string, unknown> } | { ok: false; error: string } {
+  const out: Record<string, unknown> = {};
+  if (env.TROUPE_TOKEN) out.auth = { token: env.TROUPE_TOKEN };
+  if (env.TROUPE_FAULTS) {
+    try {
+      out.faults = JSON.parse(env.TROUPE_FAULTS);
+    } catch (error) {
+      return { ok: false, error: `TROUPE_FAULTS is not JSON: ${(error as Error).message}` };
+    }
   }
-  const plan = v.safeParse(FaultPlan, json);
-  if (!plan.success) {
-    throw new Error(`TROUPE_FAULTS is invalid: ${plan.issues.map((i) => `${v.getDotPath(i) ?? ""} ${i.message}`).join("; ")}`);
-  }
-  return new FaultInjector(plan.output);
+  return { ok: true, value: out };
 }
 
 async function main(args: string[]): Promise<number> {
@@ -200,29 +206,31 @@ async function main(args: string[]): Promise<number> {
     process.stdout.write(command.text + "\n");
     return 0;
   }
-  const loaded = await loadConfig({ file: command.configFile, overrides: command.overrides });
+  const fromEnv = envOverrides(process.env);
+  if (!fromEnv.ok) {
+    process.stderr.write(`troupe: ${fromEnv.error}\n`);
+    return 2;
+  }
+  const loaded = await loadConfig({
+    file: command.configFile,
+    overrides: { ...fromEnv.value, ...command.overrides },
+  });
   if (!loaded.ok) {
     process.stderr.write(`troupe: ${formatConfigErrors(command.configFile, loaded.error)}\n`);
     return 2;
   }
   const config = loaded.value;
   await setupLogging({ level: config.log_level });
-  let faults: FaultInjector | undefined;
-  try {
-    faults = faultsFromEnv(process.env.TROUPE_FAULTS);
-  } catch (error) {
-    process.stderr.write(`troupe: ${(error as Error).message}\n`);
-    return 2;
-  }
-  if (faults?.active) getLog("main").warn("Fault injection is ON: {plan}", { plan: faults.plan });
+  const faults = new FaultInjector(config.faults);
+  if (faults.active) getLog("main").warn("Fault injection is ON", { plan: faults.plan });
 
   if (command.kind === "process") {
-    return 3; // PROCESS
+    return await runProcess({ config, input: command.input, out: command.out, faults });
   }
 
   let service: Service;
   try {
-    service = await startService(config, faults);
+    service = startService(config, faults);
   } catch (error) {
     process.stderr.write(`troupe: cannot start: ${(error as Error).message}\n`);
     return 1;
@@ -232,7 +240,7 @@ async function main(args: string[]): Promise<number> {
     const onSignal = (signal: string) => {
       if (signalled) return;
       signalled = true;
-      getLog("main").info("{signal} received: draining", { signal });
+      getLog("main").info(`${signal} received: draining`, { signal });
       service.stop().then((ok) => resolve(ok ? 0 : 1), () => resolve(1));
     };
     process.on("SIGINT", () => onSignal("SIGINT"));

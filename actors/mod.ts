@@ -8,7 +8,15 @@ import { type AnyActorRef, createActor } from "xstate";
 import { Ticket, toBatches } from "../lib/batch.ts";
 import { STAGES } from "../lib/schemas.ts";
 import type { StageDeps } from "./_stage_deps.ts";
+import type { Config } from "../lib/config.ts";
+import { FaultInjector } from "../lib/faults.ts";
+import { getLog } from "../lib/log.ts";
+import type { Metrics } from "../lib/metrics.ts";
+import { dataRecordSchema } from "../lib/schemas.ts";
+import { openSqliteWriter, sqlitePath } from "../lib/sqlite_store.ts";
+import type { StoreWriter } from "../lib/store.ts";
 import { createStageRuntimes, type StageRuntimes } from "./pipeline.ts";
+import { AnomalyTracker } from "./transform_stage.ts";
 import { rootSupervisorMachine } from "./root_supervisor.ts";
 
 /** The outcome of offering records to the pipeline. */
@@ -129,15 +137,18 @@ export class TroupeSystem {
       name: "supervisors",
       ok: snapshot.status === "active" && !snapshot.matches("failed") && this.#fatal === null &&
         STAGES.every((s) => this.root.system.get(`pool.${s}`) !== undefined),
-      message: this.#fatal ?? (snapshot.matches("failed")
-        ? `Root supervisor gave up: ${snapshot.context.lastError}`
-        : undefined),
+      message: this.#fatal ??
+        (snapshot.matches("failed")
+          ? `Root supervisor gave up: ${snapshot.context.lastError}`
+          : undefined),
     });
     const connections = this.#storeConnections();
     checks.push({
       name: "storage",
       ok: connections.open > 0,
-      message: connections.open > 0 ? undefined : `No open storage connection (${connections.total} starting)`,
+      message: connections.open > 0
+        ? undefined
+        : `No open storage connection (${connections.total} starting)`,
     });
     checks.push({
       name: "shutdown",
@@ -236,4 +247,33 @@ function describe(ref: AnyActorRef, runtimes: StageRuntimes): ActorNode {
     restarts,
     children,
   };
+}
+
+/** Options of {@linkcode startSystem}. */
+export interface SystemOptions {
+  config: Config;
+  metrics: Metrics;
+  /** Opens one storage connection; defaults to the SQLite file in `config.data`. */
+  openWriter?: () => Promise<StoreWriter>;
+  faults?: FaultInjector;
+}
+
+/** Builds and starts the actor system over SQLite (or the given writer). */
+export function startSystem(options: SystemOptions): TroupeSystem {
+  const { config, metrics } = options;
+  const path = sqlitePath(config.data);
+  const openWriter = options.openWriter ??
+    (() => Promise.resolve(openSqliteWriter(path, { synchronous: config.storage.synchronous })));
+  return new TroupeSystem({
+    config,
+    schema: dataRecordSchema({
+      maxStringLength: config.limits.max_string_length,
+      maxDepth: config.limits.max_depth,
+    }),
+    anomaly: new AnomalyTracker(),
+    faults: options.faults ?? new FaultInjector(config.faults),
+    metrics,
+    log: getLog("pipeline"),
+    openWriter,
+  }).start();
 }

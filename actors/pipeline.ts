@@ -22,12 +22,18 @@
  */
 import { assign, enqueueActions, setup } from "xstate";
 import type { AnyStateMachine } from "xstate";
-import { type Backoff, createBackoff, nextDelay, recordRestart, resetBackoff } from "../lib/backoff.ts";
+import {
+  type Backoff,
+  createBackoff,
+  nextDelay,
+  recordRestart,
+  resetBackoff,
+} from "../lib/backoff.ts";
 import { PipelineUnavailableError } from "../lib/batch.ts";
-import { STAGES, type StageName } from "../lib/schemas.ts";
+import { type StageName, STAGES } from "../lib/schemas.ts";
 import type { StageDeps } from "./_stage_deps.ts";
 import { aggregateStageMachine } from "./aggregate_stage.ts";
-import { StageRuntime, stagePoolMachine } from "./stage_pool.ts";
+import { stagePoolMachine, StageRuntime } from "./stage_pool.ts";
 import { storageConnectionMachine } from "./storage_connection.ts";
 import { transformStageMachine } from "./transform_stage.ts";
 import { validateStageMachine } from "./validate_stage.ts";
@@ -114,7 +120,11 @@ export const pipelineMachine = setup({
   actors: { pool: stagePoolMachine },
   actions: {
     spawnPool: assign(({ context, spawn }, stage: StageName) => {
-      spawn("pool", { id: `pool.${stage}`, systemId: `pool.${stage}`, input: poolInput(stage, context) });
+      spawn("pool", {
+        id: `pool.${stage}`,
+        systemId: `pool.${stage}`,
+        input: poolInput(stage, context),
+      });
       return {};
     }),
   },

@@ -22,7 +22,13 @@
  * (its own, delayed), `xstate.error.actor.pipeline`.
  */
 import { assign, enqueueActions, setup } from "xstate";
-import { type Backoff, createBackoff, nextDelay, recordRestart, resetBackoff } from "../lib/backoff.ts";
+import {
+  type Backoff,
+  createBackoff,
+  nextDelay,
+  recordRestart,
+  resetBackoff,
+} from "../lib/backoff.ts";
 import type { StageDeps } from "./_stage_deps.ts";
 import { abandonAll, pipelineMachine, type StageRuntimes } from "./pipeline.ts";
 
@@ -86,12 +92,19 @@ export const rootSupervisorMachine = setup({
           {
             guard: ({ context }) => {
               const sup = context.deps.config.supervisor;
-              return recordRestart(context.restartHistory, Date.now(), sup.max_restarts, sup.within_ms)
+              return recordRestart(
+                context.restartHistory,
+                Date.now(),
+                sup.max_restarts,
+                sup.within_ms,
+              )
                 .exceeded;
             },
             target: "failed",
             actions: enqueueActions(({ context, event, enqueue }) => {
-              const reason = event.error instanceof Error ? event.error.message : String(event.error);
+              const reason = event.error instanceof Error
+                ? event.error.message
+                : String(event.error);
               context.deps.log.fatal("Root supervisor gave up: {reason}", { reason });
               abandonAll(context.runtimes, `the root supervisor gave up (${reason})`);
               context.deps.metrics.actorRestartsTotal.inc({ actor: "pipeline" });
@@ -102,7 +115,9 @@ export const rootSupervisorMachine = setup({
           {
             actions: enqueueActions(({ context, event, enqueue }) => {
               const sup = context.deps.config.supervisor;
-              const reason = event.error instanceof Error ? event.error.message : String(event.error);
+              const reason = event.error instanceof Error
+                ? event.error.message
+                : String(event.error);
               const { history } = recordRestart(
                 context.restartHistory,
                 Date.now(),

@@ -31,8 +31,14 @@
  * and `xstate.error.actor.*` from its workers.
  */
 import { assign, enqueueActions, setup } from "xstate";
-import type { ActorSystem, AnyActorRef, AnyStateMachine } from "xstate";
-import { type Backoff, createBackoff, nextDelay, recordRestart, resetBackoff } from "../lib/backoff.ts";
+import type { AnyActorRef, AnyStateMachine } from "xstate";
+import {
+  type Backoff,
+  createBackoff,
+  nextDelay,
+  recordRestart,
+  resetBackoff,
+} from "../lib/backoff.ts";
 import type { Batch } from "../lib/batch.ts";
 import { Mailbox } from "../lib/mailbox.ts";
 import type { StageName } from "../lib/schemas.ts";
@@ -297,7 +303,7 @@ function dispatch(context: PoolContext): void {
 }
 
 /** Moves the batches of a finished dispatch on to the next stage. */
-function finish(context: PoolContext, event: BatchDoneEvent, system: ActorSystem<any>): void {
+function finish(context: PoolContext, event: BatchDoneEvent, system: { get(id: string): AnyActorRef | undefined }): void {
   const { runtime, next, deps } = context;
   const d = runtime.inFlight.get(event.workerId);
   if (d === undefined) return; // a dispatch already recovered after a crash

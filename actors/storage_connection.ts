@@ -37,28 +37,32 @@ export type StorageConnectionEvent =
 type ConnectionCommand = { type: "commit"; batches: Batch[] };
 
 /** Owns the writer: opened on start, closed on stop, whatever the state. */
-const connection = fromCallback<ConnectionCommand, StageDeps>(({ input: deps, sendBack, receive }) => {
-  let writer: StoreWriter | undefined;
-  let stopped = false;
-  deps.openWriter().then(
-    (w) => {
-      if (stopped) return void w.close().catch(() => {});
-      writer = w;
-      sendBack({ type: "conn.open" });
-    },
-    (error) => sendBack({ type: "conn.failed", error }),
-  );
-  receive(({ batches }) => {
-    commitBatches(writer, batches, deps).then(
-      (outcomes) => !stopped && sendBack({ type: "commit.done", outcomes }),
-      (error) => !stopped && sendBack({ type: "commit.failed", error }),
+const connection = fromCallback<ConnectionCommand, StageDeps>(
+  ({ input: deps, sendBack, receive }) => {
+    let writer: StoreWriter | undefined;
+    let stopped = false;
+    deps.openWriter().then(
+      (w) => {
+        if (stopped) return void w.close().catch(() => {});
+        writer = w;
+        sendBack({ type: "conn.open" });
+      },
+      (error) => sendBack({ type: "conn.failed", error }),
     );
-  });
-  return () => {
-    stopped = true;
-    writer?.close().catch((error) => deps.log.warn("Closing a storage connection failed: {error}", { error }));
-  };
-});
+    receive(({ batches }) => {
+      commitBatches(writer, batches, deps).then(
+        (outcomes) => !stopped && sendBack({ type: "commit.done", outcomes }),
+        (error) => !stopped && sendBack({ type: "commit.failed", error }),
+      );
+    });
+    return () => {
+      stopped = true;
+      writer?.close().catch((error) =>
+        deps.log.warn("Closing a storage connection failed: {error}", { error })
+      );
+    };
+  },
+);
 
 async function commitBatches(
   writer: StoreWriter | undefined,
@@ -94,7 +98,10 @@ export const storageConnectionMachine = setup({
       on: {
         "conn.open": {
           target: "ready",
-          actions: sendParent(({ context }) => ({ type: "worker.ready", workerId: context.workerId })),
+          actions: sendParent(({ context }) => ({
+            type: "worker.ready",
+            workerId: context.workerId,
+          })),
         },
         "conn.failed": { actions: ({ event }) => crash(event.error) },
       },

@@ -28,6 +28,7 @@
 import { readFile } from "node:fs/promises";
 import * as v from "valibot";
 import { parse as parseYaml } from "yaml";
+import { FaultPlan } from "./faults.ts";
 
 /** Longest delay `setTimeout` honours; a longer one fires at once. */
 const MAX_TIMER_MS = 2_147_483_647;
@@ -337,6 +338,33 @@ export const Config = v.strictObject({
     }, "must be a mapping"),
     {},
   ),
+  /** Who may call the API. */
+  auth: v.nullish(
+    v.strictObject({
+      /**
+       * When set, every `/v1/*` route needs `Authorization: Bearer <token>`
+       * (compared in constant time), and the admin routes exist. Also
+       * `TROUPE_TOKEN`. At least 16 characters.
+       * @default null
+       */
+      token: v.nullish(
+        v.pipe(v.string("must be a string"), v.minLength(16, "must be at least 16 characters")),
+        null,
+      ),
+      /**
+       * Also require the token on `/metrics`.
+       * @default false
+       */
+      protect_metrics: v.nullish(v.boolean("must be true or false"), false),
+    }, "must be a mapping"),
+    {},
+  ),
+  /**
+   * Fault injection for tests and drills; off unless set. Also
+   * `TROUPE_FAULTS` (JSON). See `lib/faults.ts`.
+   * @default {}
+   */
+  faults: v.nullish(FaultPlan, {}),
 }, "must be a mapping");
 
 /** A complete configuration: every field present. */

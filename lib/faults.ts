@@ -92,7 +92,9 @@ export class FaultInjector {
       const thrown = this.#thrown.get(stage) ?? 0;
       if (thrown < f.throw_count) {
         this.#thrown.set(stage, thrown + 1);
-        throw new InjectedFault(`Injected fault in stage "${stage}" (${thrown + 1} of ${f.throw_count})`);
+        throw new InjectedFault(
+          `Injected fault in stage "${stage}" (${thrown + 1} of ${f.throw_count})`,
+        );
       }
       if (f.throw_rate > 0 && this.#random() < f.throw_rate) {
         throw new InjectedFault(`Injected fault in stage "${stage}" (rate ${f.throw_rate})`);

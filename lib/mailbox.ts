@@ -32,7 +32,9 @@ export class Mailbox<T extends Sized> {
   readonly capacity: number;
 
   constructor(capacity: number) {
-    if (!(capacity >= 1)) throw new RangeError(`Mailbox capacity must be at least 1, got ${capacity}`);
+    if (!(capacity >= 1)) {
+      throw new RangeError(`Mailbox capacity must be at least 1, got ${capacity}`);
+    }
     this.capacity = capacity;
   }
 

@@ -53,7 +53,10 @@ export function serve(fetch: Fetch, options: { hostname: string; port: number })
     };
   }
   if (g.Deno !== undefined) {
-    const s = g.Deno.serve({ hostname: options.hostname, port: options.port, onListen: () => {} }, fetch);
+    const s = g.Deno.serve(
+      { hostname: options.hostname, port: options.port, onListen: () => {} },
+      fetch,
+    );
     return { hostname: options.hostname, port: s.addr.port, shutdown: () => s.shutdown() };
   }
   throw new Error("troupe runs on Deno or Bun: neither Deno.serve nor Bun.serve is available");

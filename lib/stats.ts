@@ -21,7 +21,10 @@ export class IngestStats {
   #rate = 0;
 
   /** Notes one answered ingest request. */
-  observe(result: { accepted: number; duplicates: number; rejected: number }, latencyMs: number): void {
+  observe(
+    result: { accepted: number; duplicates: number; rejected: number },
+    latencyMs: number,
+  ): void {
     this.accepted += result.accepted;
     this.duplicates += result.duplicates;
     this.rejected += result.rejected;
@@ -44,7 +47,9 @@ export class IngestStats {
   rate(now = Date.now()): number {
     const elapsed = now - this.#rateBase.at;
     if (elapsed >= 1000) {
-      if (this.#rateBase.at > 0) this.#rate = ((this.processed - this.#rateBase.records) * 1000) / elapsed;
+      if (this.#rateBase.at > 0) {
+        this.#rate = ((this.processed - this.#rateBase.records) * 1000) / elapsed;
+      }
       this.#rateBase = { at: now, records: this.processed };
     }
     return this.#rate;

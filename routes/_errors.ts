@@ -34,7 +34,11 @@ export class ApiError extends HTTPException {
     status: ContentfulStatusCode,
     code: string,
     message: string,
-    options: { details?: Record<string, unknown> | null; headers?: Record<string, string>; cause?: unknown } = {},
+    options: {
+      details?: Record<string, unknown> | null;
+      headers?: Record<string, string>;
+      cause?: unknown;
+    } = {},
   ) {
     super(status, { message, cause: options.cause });
     this.name = "ApiError";
@@ -63,6 +67,7 @@ export function onError(log: Logger): ErrorHandler {
       for (const [k, v] of Object.entries(err.headers)) c.header(k, v);
       return c.json(errorBody(err.code, err.message, err.details), err.status);
     }
+    if (err instanceof HTTPException && err.res !== undefined) return err.getResponse();
     if (err instanceof HTTPException) {
       const status = err.status as ContentfulStatusCode;
       return c.json(errorBody(CODES[status] ?? "error", err.message || "Request failed"), status);

@@ -15,8 +15,11 @@ export function createHealthRoutes(deps: { system: TroupeSystem; version: string
   const app = new Hono<AppEnv>();
   const started = Date.now();
 
-  app.get("/healthz", (c) =>
-    c.json({ status: "ok", version, uptime_seconds: Math.round((Date.now() - started) / 1000) }));
+  app.get(
+    "/healthz",
+    (c) =>
+      c.json({ status: "ok", version, uptime_seconds: Math.round((Date.now() - started) / 1000) }),
+  );
 
   app.get("/readyz", (c) => {
     const { ready, checks } = system.readiness();

@@ -69,7 +69,9 @@ export function createIngestRoutes(deps: IngestDeps): Hono<AppEnv> {
     metrics.recordsTotal.inc({ outcome: "duplicate" }, result.duplicates);
     metrics.recordsTotal.inc({ outcome: "rejected" }, result.rejected);
     stats.observe(result, performance.now() - started);
-    const status = result.accepted === 0 && result.rejected > 0 && result.duplicates === 0 ? 422 : 200;
+    const status = result.accepted === 0 && result.rejected > 0 && result.duplicates === 0
+      ? 422
+      : 200;
     return c.json(result, status);
   });
 

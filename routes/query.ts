@@ -25,9 +25,14 @@ export function parseLimit(raw: string | undefined, fallback: number): number {
   if (raw === undefined || raw === "") return fallback;
   const n = Number(raw);
   if (!/^\d+$/.test(raw) || !Number.isSafeInteger(n) || n < 1 || n > MAX_PAGE) {
-    throw new ApiError(400, "invalid_query", `limit must be an integer from 1 to ${MAX_PAGE}, got "${raw}"`, {
-      details: { parameter: "limit", value: raw },
-    });
+    throw new ApiError(
+      400,
+      "invalid_query",
+      `limit must be an integer from 1 to ${MAX_PAGE}, got "${raw}"`,
+      {
+        details: { parameter: "limit", value: raw },
+      },
+    );
   }
   return n;
 }
@@ -70,9 +75,14 @@ export function createQueryRoutes(deps: { reader: StoreReader }): Hono<AppEnv> {
     const limit = parseLimit(c.req.query("limit"), 100);
     const stage = c.req.query("stage") || undefined;
     if (stage !== undefined && !(STAGES as readonly string[]).includes(stage)) {
-      throw new ApiError(400, "invalid_query", `stage must be one of ${STAGES.join(", ")}, got "${stage}"`, {
-        details: { parameter: "stage", value: stage },
-      });
+      throw new ApiError(
+        400,
+        "invalid_query",
+        `stage must be one of ${STAGES.join(", ")}, got "${stage}"`,
+        {
+          details: { parameter: "stage", value: stage },
+        },
+      );
     }
     return c.json({ failed: await reader.listFailed(limit, stage) });
   });

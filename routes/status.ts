@@ -66,7 +66,9 @@ export function createStatusRoutes(deps: {
       metrics.mailboxCapacity.set({ stage: s }, rt.mailbox.capacity);
       metrics.stageWorkers.set({ stage: s }, rt.workers);
     }
-    return c.body(await metrics.registry.metrics(), 200, { "content-type": PROMETHEUS_CONTENT_TYPE });
+    return c.body(await metrics.registry.metrics(), 200, {
+      "content-type": PROMETHEUS_CONTENT_TYPE,
+    });
   });
 
   return app;

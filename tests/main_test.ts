@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { FaultInjector } from "../lib/faults.ts";
+import { envOverrides } from "../main.ts";
 import {
   getJson,
   makeRecords,
@@ -64,7 +65,13 @@ Deno.test("POST /v1/records stores seed 000's records and answers after commit",
     });
 
     await t.step("the stored record is transformed", async () => {
-      await postRecords(svc.url, [{ ...SEED_RECORDS[0], id: "t-1", user_id: "  u9 ", event: " LogIn ", timestamp: "2025-01-15T12:00:00+02:00" }]);
+      await postRecords(svc.url, [{
+        ...SEED_RECORDS[0],
+        id: "t-1",
+        user_id: "  u9 ",
+        event: " LogIn ",
+        timestamp: "2025-01-15T12:00:00+02:00",
+      }]);
       const rec = await getJson(svc.url, "/v1/records/t-1");
       assert.equal(rec.status, 200);
       assert.equal(rec.body.user_id, "u9");
@@ -102,9 +109,16 @@ Deno.test("an acknowledged record is there after a restart", async () => {
 
 Deno.test("a stage actor that throws is restarted and its batch is committed once", async () => {
   const faults = new FaultInjector();
-  const svc = await startTestService({ supervisor: { backoff_initial_ms: 5, backoff_max_ms: 20 } }, faults);
+  const svc = await startTestService(
+    { supervisor: { backoff_initial_ms: 5, backoff_max_ms: 20 } },
+    faults,
+  );
   try {
-    faults.set({ stages: { transform: { throw_count: 2, throw_rate: 0, latency_ms: 0 } }, poison_ids: [], poison_stages: ["transform"] });
+    faults.set({
+      stages: { transform: { throw_count: 2, throw_rate: 0, latency_ms: 0 } },
+      poison_ids: [],
+      poison_stages: ["transform"],
+    });
     const res = await postRecords(svc.url, makeRecords(50, "crash"));
     assert.equal(res.status, 200);
     assert.equal(res.body.accepted, 50);
@@ -155,7 +169,11 @@ Deno.test("when the root supervisor gives up, /readyz answers 503 and /healthz s
     pipeline: { max_attempts: 100 },
   }, faults);
   try {
-    faults.set({ stages: { validate: { throw_rate: 1, throw_count: 0, latency_ms: 0 } }, poison_ids: [], poison_stages: [] });
+    faults.set({
+      stages: { validate: { throw_rate: 1, throw_count: 0, latency_ms: 0 } },
+      poison_ids: [],
+      poison_stages: [],
+    });
     // The request is never acknowledged: it fails with 503 once the root gives up.
     const pending = postRecords(svc.url, makeRecords(5, "doomed"));
     const gaveUp = async () => {
@@ -165,7 +183,10 @@ Deno.test("when the root supervisor gives up, /readyz answers 503 and /healthz s
     await waitFor(gaveUp, 10000, "the root supervisor to give up");
     const ready = await getJson(svc.url, "/readyz");
     assert.equal(ready.status, 503);
-    assert.equal(ready.body.checks.find((c: { name: string }) => c.name === "supervisors").ok, false);
+    assert.equal(
+      ready.body.checks.find((c: { name: string }) => c.name === "supervisors").ok,
+      false,
+    );
     assert.equal((await getJson(svc.url, "/healthz")).status, 200);
     const late = await postRecords(svc.url, makeRecords(1, "late"));
     assert.equal(late.status, 503);
@@ -175,4 +196,82 @@ Deno.test("when the root supervisor gives up, /readyz answers 503 and /healthz s
   } finally {
     await svc.close();
   }
+});
+
+Deno.test("a token guards every /v1 route and enables the admin routes", async (t) => {
+  const token = "s3cret-token-0123456789";
+  const svc = await startTestService({ auth: { token } });
+  const auth = { authorization: `Bearer ${token}` };
+  try {
+    await t.step("without the token: 401 JSON", async () => {
+      for (const path of ["/v1/stats", "/v1/users/user_001", "/v1/admin/faults"]) {
+        const res = await fetch(`${svc.url}${path}`);
+        assert.equal(res.status, 401, path);
+        assert.match(res.headers.get("content-type") ?? "", /application\/json/);
+        assert.equal((await res.json()).error.code, "unauthorized");
+      }
+      const post = await postRecords(svc.url, SEED_RECORDS);
+      assert.equal(post.status, 401);
+      const wrong = await postRecords(svc.url, SEED_RECORDS, {
+        authorization: "Bearer wrong-token-xxxxxxxx",
+      });
+      assert.equal(wrong.status, 401);
+      assert.equal((await getJson(svc.url, "/v1/stats")).status, 401);
+    });
+
+    await t.step("health, readiness and metrics stay open", async () => {
+      for (const path of ["/healthz", "/readyz", "/metrics"]) {
+        const res = await fetch(`${svc.url}${path}`);
+        await res.body?.cancel();
+        assert.equal(res.status, 200, path);
+      }
+    });
+
+    await t.step("with the token: records go in and faults can be set at run time", async () => {
+      const post = await postRecords(svc.url, SEED_RECORDS, auth);
+      assert.equal(post.status, 200);
+      assert.equal(post.body.accepted, 2);
+      const put = await fetch(`${svc.url}/v1/admin/faults`, {
+        method: "PUT",
+        headers: { ...auth, "content-type": "application/json" },
+        body: JSON.stringify({ poison_ids: ["x-1"] }),
+      });
+      assert.equal(put.status, 200);
+      assert.deepEqual((await put.json()).poison_ids, ["x-1"]);
+      const bad = await fetch(`${svc.url}/v1/admin/faults`, {
+        method: "PUT",
+        headers: { ...auth, "content-type": "application/json" },
+        body: JSON.stringify({ stages: { validate: { throw_rate: 7 } } }),
+      });
+      assert.equal(bad.status, 422);
+      assert.equal((await bad.json()).error.code, "invalid_fault_plan");
+    });
+  } finally {
+    await svc.close();
+  }
+});
+
+Deno.test("admin routes do not exist without a token", async () => {
+  const svc = await startTestService();
+  try {
+    const res = await fetch(`${svc.url}/v1/admin/faults`);
+    assert.equal(res.status, 404);
+    assert.equal((await res.json()).error.code, "not_found");
+  } finally {
+    await svc.close();
+  }
+});
+
+Deno.test("envOverrides reads TROUPE_TOKEN and TROUPE_FAULTS", () => {
+  const ok = envOverrides({
+    TROUPE_TOKEN: "abcdefghijklmnopq",
+    TROUPE_FAULTS: '{"poison_ids":[1]}',
+  });
+  assert.deepEqual(ok, {
+    ok: true,
+    value: { auth: { token: "abcdefghijklmnopq" }, faults: { poison_ids: [1] } },
+  });
+  const bad = envOverrides({ TROUPE_FAULTS: "{nope" });
+  assert.equal(bad.ok, false);
+  assert.deepEqual(envOverrides({}), { ok: true, value: {} });
 });

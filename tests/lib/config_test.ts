@@ -44,6 +44,8 @@ const DEFAULTS: Config = {
   supervisor: { max_restarts: 5, within_ms: 10_000, backoff_initial_ms: 50, backoff_max_ms: 5000 },
   storage: { synchronous: "full" },
   ingest: { max_wait_ms: 1000 },
+  auth: { token: null, protect_metrics: false },
+  faults: { stages: {}, poison_ids: [], poison_stages: ["transform"] },
 };
 
 function valueOf(result: ConfigResult): Config {
