@@ -95,10 +95,10 @@ export class TroupeSystem {
    * came, 503 when the system is not ready.
    */
   async submit(records: unknown[], options: SubmitOptions): Promise<SubmitOutcome> {
-    const unavailable = this.#unavailable();
-    if (unavailable !== null) {
-      return { ok: false, status: 503, retryAfterSeconds: 5, message: unavailable };
-    }
+    // Storage being down is no reason to refuse yet: batches wait in the
+    // mailboxes until it is back, and ingest says 503 once they are full.
+    const down = this.#down();
+    if (down !== null) return { ok: false, status: 503, retryAfterSeconds: 5, message: down };
     const ticket = new Ticket(options.keepRecords ?? false);
     if (records.length === 0) {
       ticket.open();
@@ -114,7 +114,7 @@ export class TroupeSystem {
         message: `The pipeline is full: ${mailbox.depth} of ${mailbox.capacity} records queued`,
       };
     }
-    const after = this.#unavailable();
+    const after = this.#down();
     if (after !== null) return { ok: false, status: 503, retryAfterSeconds: 5, message: after };
     for (const b of toBatches(ticket, records, this.deps.config.pipeline.batch_size)) {
       mailbox.put(b);
@@ -143,10 +143,13 @@ export class TroupeSystem {
           : undefined),
     });
     const connections = this.#storeConnections();
+    const breaker = this.root.system.get("breaker.store")?.getSnapshot().value;
     checks.push({
       name: "storage",
-      ok: connections.open > 0,
-      message: connections.open > 0
+      ok: connections.open > 0 && breaker !== "open",
+      message: breaker === "open"
+        ? "Storage unavailable: circuit breaker open"
+        : connections.open > 0
         ? undefined
         : `No open storage connection (${connections.total} starting)`,
     });
@@ -186,6 +189,14 @@ export class TroupeSystem {
     this.root.stop();
   }
 
+  /** Why nothing can be accepted at all (shutting down, supervisors gone), or `null`. */
+  #down(): string | null {
+    if (this.#draining) return "The service is shutting down";
+    const r = this.readiness();
+    const failing = r.checks.filter((c) => !c.ok && c.name !== "storage");
+    return failing.length === 0 ? null : failing.map((c) => c.message ?? c.name).join("; ");
+  }
+
   #unavailable(): string | null {
     if (this.#draining) return "The service is shutting down";
     const r = this.readiness();
@@ -199,10 +210,11 @@ export class TroupeSystem {
     const children = Object.values(pool.getSnapshot().children ?? {}) as AnyActorRef[];
     let open = 0;
     for (const c of children) {
+      if (c.id === "breaker") continue;
       const s = c.getSnapshot();
       if (s.status === "active" && s.value !== "connecting") open++;
     }
-    return { open, total: children.length };
+    return { open, total: children.filter((c) => c.id !== "breaker").length };
   }
 }
 

@@ -44,6 +44,8 @@ import { Mailbox } from "../lib/mailbox.ts";
 import type { StageName } from "../lib/schemas.ts";
 import type { StageDeps } from "./_stage_deps.ts";
 import type { BatchDoneEvent } from "./_stage_worker.ts";
+import { breakerAllows, circuitBreakerMachine } from "./circuit_breaker.ts";
+import type { BatchRetryEvent } from "./storage_connection.ts";
 
 /** Batches handed to one worker and not finished yet. */
 export interface Dispatch {
@@ -121,6 +123,7 @@ export type StagePoolEvent =
   | BatchDoneEvent
   | { type: "worker.ready"; workerId: string }
   | { type: "worker.respawn" }
+  | BatchRetryEvent
   | { type: "xstate.error.actor.*"; error: unknown };
 
 interface PoolContext extends StagePoolInput {
@@ -130,7 +133,11 @@ interface PoolContext extends StagePoolInput {
   backoff: Backoff;
   respawning: number;
   lowSince: number | null;
+  /** The storage circuit breaker (store pool only). */
+  breaker: AnyActorRef | null;
 }
+
+const BREAKER_GAUGE = { closed: 0, halfOpen: 1, open: 2 } as const;
 
 /** Supervisor machine of one stage's workers. */
 export const stagePoolMachine = setup({
@@ -139,6 +146,7 @@ export const stagePoolMachine = setup({
     events: {} as StagePoolEvent,
     input: {} as StagePoolInput,
   },
+  actors: { breaker: circuitBreakerMachine },
   delays: {
     autoscaleInterval: ({ context }) => context.deps.config.autoscale.interval_ms,
   },
@@ -164,6 +172,33 @@ export const stagePoolMachine = setup({
       return { nextWorker: n + 1 };
     }),
     dispatch: ({ context }) => dispatch(context),
+    spawnBreaker: assign(({ context, spawn }) => {
+      const { deps } = context;
+      const log = deps.log;
+      return {
+        breaker: spawn("breaker", {
+          id: "breaker",
+          systemId: "breaker.store",
+          input: {
+            threshold: 3,
+            backoffInitialMs: deps.config.supervisor.backoff_initial_ms,
+            backoffMaxMs: deps.config.supervisor.backoff_max_ms,
+            onChange: (state, detail) => {
+              deps.metrics.breakerState.set({ name: "store" }, BREAKER_GAUGE[state]);
+              if (state === "open") {
+                log.error("Storage unavailable, circuit open for {delayMs} ms: {reason}", detail);
+              } else {
+                log.info(
+                  `Storage circuit ${
+                    state === "closed" ? "closed: storage is back" : "half open: trying one commit"
+                  }`,
+                );
+              }
+            },
+          },
+        }) as AnyActorRef,
+      };
+    }),
   },
 }).createMachine({
   id: "stage_pool",
@@ -178,8 +213,10 @@ export const stagePoolMachine = setup({
     ),
     respawning: 0,
     lowSince: null,
+    breaker: null,
   }),
   entry: enqueueActions(({ context, enqueue }) => {
+    if (context.runtime.stage === "store") enqueue("spawnBreaker");
     // Batches held by the workers of a pool that crashed come back first.
     for (const workerId of [...context.runtime.inFlight.keys()]) {
       context.runtime.recover(workerId, context.next, true);
@@ -207,6 +244,15 @@ export const stagePoolMachine = setup({
   },
   on: {
     "mailbox.put": { actions: "dispatch" },
+    "batch.retry": {
+      actions: [
+        ({ context, event }) => {
+          // Storage was unavailable: the batches go back as they were, no attempt counted.
+          context.runtime.recover(event.workerId, context.next, false);
+        },
+        "dispatch",
+      ],
+    },
     "worker.ready": {
       actions: [
         ({ context, event }) => {
@@ -277,6 +323,10 @@ export const stagePoolMachine = setup({
 function dispatch(context: PoolContext): void {
   const { runtime, next, groupRecords } = context;
   const mailbox = runtime.mailbox;
+  const allows = context.breaker === null
+    ? "all"
+    : breakerAllows(context.breaker.getSnapshot().value);
+  if (allows === "none" || (allows === "one" && runtime.inFlight.size > 0)) return;
   for (const [workerId, slot] of context.workers) {
     if (mailbox.length === 0) break;
     if (!slot.ready || runtime.inFlight.has(workerId)) continue;
@@ -298,12 +348,17 @@ function dispatch(context: PoolContext): void {
     if (batches.length === 0) break; // the next stage is full: wait for its room
     runtime.inFlight.set(workerId, { batches, reserved, startedAt: performance.now() });
     slot.ref.send({ type: "batch.process", batches });
+    if (allows === "one") break; // a half-open breaker lets one trial through
   }
   context.deps.metrics.mailboxDepth.set({ stage: runtime.stage }, mailbox.depth);
 }
 
 /** Moves the batches of a finished dispatch on to the next stage. */
-function finish(context: PoolContext, event: BatchDoneEvent, system: { get(id: string): AnyActorRef | undefined }): void {
+function finish(
+  context: PoolContext,
+  event: BatchDoneEvent,
+  system: { get(id: string): AnyActorRef | undefined },
+): void {
   const { runtime, next, deps } = context;
   const d = runtime.inFlight.get(event.workerId);
   if (d === undefined) return; // a dispatch already recovered after a crash

@@ -12,13 +12,23 @@
  *                             └────batch.process────►┘
  * ```
  *
- * A failed open or commit crashes the connection; the store pool restarts
- * it with backoff and retries the batches, which are idempotent by record
- * id, so a retry never counts a record twice.
+ * After a failed commit the connection pings storage (`checking`):
+ *
+ * - the ping fails too: storage is unavailable. The batches go back to the
+ *   store mailbox untouched (`batch.retry`) and the circuit breaker
+ *   (`breaker.store`) hears of it; it opens after a few failures in a row
+ *   and the pool waits, with backoff, until a trial commit goes through.
+ * - the ping works: the batch itself is at fault, so the connection
+ *   crashes; the pool restarts it and counts an attempt on the batch, which
+ *   isolates a poison record after `max_attempts`.
+ *
+ * A failed open crashes the connection too. Batches are idempotent by
+ * record id, so a retry never counts a record twice.
  *
  * Events in: `batch.process`; from its connection: `conn.open`,
- * `conn.failed`, `commit.done`, `commit.failed`. To the parent:
- * `worker.ready`, `batch.done`.
+ * `conn.failed`, `commit.done`, `commit.failed`, `ping.ok`, `ping.failed`.
+ * To the parent: `worker.ready`, `batch.done`, `batch.retry`. To the
+ * breaker: `call.success`, `call.failure`.
  */
 import { assign, fromCallback, sendParent, sendTo, setup } from "xstate";
 import type { Batch } from "../lib/batch.ts";
@@ -32,9 +42,14 @@ export type StorageConnectionEvent =
   | { type: "conn.open" }
   | { type: "conn.failed"; error: unknown }
   | { type: "commit.done"; outcomes: CommitOutcome[] }
-  | { type: "commit.failed"; error: unknown };
+  | { type: "commit.failed"; error: unknown }
+  | { type: "ping.ok" }
+  | { type: "ping.failed"; error: unknown };
 
-type ConnectionCommand = { type: "commit"; batches: Batch[] };
+/** Sent to the pool when storage was unavailable: requeue the batches as they are. */
+export type BatchRetryEvent = { type: "batch.retry"; workerId: string; reason: string };
+
+type ConnectionCommand = { type: "commit"; batches: Batch[] } | { type: "ping" };
 
 /** Owns the writer: opened on start, closed on stop, whatever the state. */
 const connection = fromCallback<ConnectionCommand, StageDeps>(
@@ -49,8 +64,15 @@ const connection = fromCallback<ConnectionCommand, StageDeps>(
       },
       (error) => sendBack({ type: "conn.failed", error }),
     );
-    receive(({ batches }) => {
-      commitBatches(writer, batches, deps).then(
+    receive((command) => {
+      if (command.type === "ping") {
+        ping(writer, deps).then(
+          () => !stopped && sendBack({ type: "ping.ok" }),
+          (error) => !stopped && sendBack({ type: "ping.failed", error }),
+        );
+        return;
+      }
+      commitBatches(writer, command.batches, deps).then(
         (outcomes) => !stopped && sendBack({ type: "commit.done", outcomes }),
         (error) => !stopped && sendBack({ type: "commit.failed", error }),
       );
@@ -70,10 +92,21 @@ async function commitBatches(
   deps: StageDeps,
 ): Promise<CommitOutcome[]> {
   if (writer === undefined) throw new Error("Storage connection is not open");
+  deps.faults.checkStorage();
   for (const b of batches) await deps.faults.check("store", () => b.processed.map((r) => r.id));
   return await writer.commit(
     batches.map((b) => ({ records: b.processed, failed: b.failed, deltas: b.deltas })),
   );
+}
+
+async function ping(writer: StoreWriter | undefined, deps: StageDeps): Promise<void> {
+  if (writer === undefined) throw new Error("Storage connection is not open");
+  deps.faults.checkStorage();
+  await writer.ping();
+}
+
+function message(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
 }
 
 function crash(error: unknown): never {
@@ -83,14 +116,19 @@ function crash(error: unknown): never {
 /** Worker machine of the store stage. */
 export const storageConnectionMachine = setup({
   types: {
-    context: {} as { workerId: string; deps: StageDeps; batches: Batch[] },
+    context: {} as { workerId: string; deps: StageDeps; batches: Batch[]; error: unknown },
     events: {} as StorageConnectionEvent,
     input: {} as StageWorkerInput,
   },
   actors: { connection },
 }).createMachine({
   id: "storage_connection",
-  context: ({ input }) => ({ workerId: input.workerId, deps: input.deps, batches: [] }),
+  context: ({ input }) => ({
+    workerId: input.workerId,
+    deps: input.deps,
+    batches: [],
+    error: null,
+  }),
   invoke: { id: "connection", src: "connection", input: ({ context }) => context.deps },
   initial: "connecting",
   states: {
@@ -131,10 +169,37 @@ export const storageConnectionMachine = setup({
               workerId: context.workerId,
               batches: context.batches,
             })),
+            ({ system }) => system.get("breaker.store")?.send({ type: "call.success" }),
             assign({ batches: [] }),
           ],
         },
-        "commit.failed": { actions: ({ event }) => crash(event.error) },
+        "commit.failed": {
+          target: "checking",
+          actions: assign({ error: ({ event }) => event.error }),
+        },
+      },
+    },
+    checking: {
+      entry: sendTo("connection", { type: "ping" }),
+      on: {
+        // Storage answers: the batch itself is at fault.
+        "ping.ok": { actions: ({ context }) => crash(context.error) },
+        "ping.failed": {
+          target: "ready",
+          actions: [
+            ({ context, system }) =>
+              system.get("breaker.store")?.send({
+                type: "call.failure",
+                reason: message(context.error),
+              }),
+            sendParent(({ context }): BatchRetryEvent => ({
+              type: "batch.retry",
+              workerId: context.workerId,
+              reason: message(context.error),
+            })),
+            assign({ batches: [], error: null }),
+          ],
+        },
       },
     },
   },

@@ -39,6 +39,11 @@ export const FaultPlan = v.strictObject({
   ),
   /** Record ids that make every stage in `poison_stages` throw whenever it sees them. */
   poison_ids: v.optional(v.array(v.union([v.string(), v.number()])), []),
+  /**
+   * Storage is unavailable (every commit and ping fails) for this many ms
+   * from the moment the plan is set. @default 0
+   */
+  storage_outage_ms: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0)), 0),
   /** Stages that choke on poison ids. @default ["transform"] */
   poison_stages: v.optional(
     v.array(v.picklist(["validate", "transform", "aggregate", "store"])),
@@ -55,22 +60,33 @@ export class InjectedFault extends Error {
   }
 }
 
+/** Storage cannot be reached: the commit may be retried as it is. */
+export class StorageUnavailableError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "StorageUnavailableError";
+  }
+}
+
 /** Applies a {@linkcode FaultPlan}; a plan with nothing in it costs one branch per batch. */
 export class FaultInjector {
   #plan: FaultPlan;
   #poison: Set<string>;
   #thrown = new Map<StageName, number>();
   #random: () => number;
+  #outageUntil = 0;
 
   constructor(plan: FaultPlan = v.parse(FaultPlan, {}), random: () => number = Math.random) {
     this.#plan = plan;
     this.#poison = new Set(plan.poison_ids.map(recordKey));
     this.#random = random;
+    this.#outageUntil = plan.storage_outage_ms > 0 ? Date.now() + plan.storage_outage_ms : 0;
   }
 
   /** Whether any fault is configured. */
   get active(): boolean {
-    return this.#poison.size > 0 || Object.values(this.#plan.stages).some((s) => s !== undefined);
+    return this.#poison.size > 0 || this.#plan.storage_outage_ms > 0 ||
+      Object.values(this.#plan.stages).some((s) => s !== undefined);
   }
 
   get plan(): FaultPlan {
@@ -82,6 +98,16 @@ export class FaultInjector {
     this.#plan = plan;
     this.#poison = new Set(plan.poison_ids.map(recordKey));
     this.#thrown.clear();
+    this.#outageUntil = plan.storage_outage_ms > 0 ? Date.now() + plan.storage_outage_ms : 0;
+  }
+
+  /** Throws {@linkcode StorageUnavailableError} during an injected storage outage. */
+  checkStorage(): void {
+    if (this.#outageUntil > 0 && Date.now() < this.#outageUntil) {
+      throw new StorageUnavailableError(
+        `Injected storage outage (${this.#outageUntil - Date.now()} ms left)`,
+      );
+    }
   }
 
   /** Throws when `stage` should fail on a batch holding records with `ids`. */

@@ -99,6 +99,8 @@ export interface Metrics {
   ready: Gauge;
   /** `troupe_stored_records`: records in storage, set from the storage counts by whoever scrapes. */
   storedRecords: Gauge;
+  /** `troupe_circuit_breaker_state{name}`: 0 closed, 1 half open, 2 open. */
+  breakerState: Gauge<"name">;
 }
 
 /** Options of {@linkcode createMetrics}. */
@@ -147,6 +149,14 @@ export function createMetrics(options: CreateMetricsOptions = {}): Metrics {
   });
   // Exposed at 0 from the start so that rate() sees the first increment.
   for (const outcome of RECORD_OUTCOMES) recordsTotal.inc({ outcome }, 0);
+
+  const breakerState = new Gauge({
+    name: "troupe_circuit_breaker_state",
+    help: "State of a circuit breaker: 0 closed, 1 half open, 2 open.",
+    labelNames: ["name"] as const,
+    registers,
+  });
+  breakerState.set({ name: "store" }, 0);
 
   const ready = new Gauge({
     name: "troupe_ready",
@@ -214,5 +224,6 @@ export function createMetrics(options: CreateMetricsOptions = {}): Metrics {
       help: "Records in storage, as counted when scraped.",
       registers,
     }),
+    breakerState,
   };
 }

@@ -50,7 +50,11 @@ export function quietLogs(): Promise<void> {
 
 /** A config for tests: port 0, the given data dir, and `overrides` laid over. */
 export function testConfig(data: string, overrides: Record<string, unknown> = {}): Config {
-  const parsed = parseConfig({ ...overrides, data, server: { port: 0, ...(overrides.server ?? {}) } });
+  const parsed = parseConfig({
+    ...overrides,
+    data,
+    server: { port: 0, ...(overrides.server ?? {}) },
+  });
   if (!parsed.ok) throw new Error(JSON.stringify(parsed.error));
   return parsed.value;
 }
@@ -73,7 +77,7 @@ export async function startTestService(
   await quietLogs();
   const data = dir ?? await Deno.makeTempDir({ prefix: "troupe_test_" });
   const config = testConfig(data, overrides);
-  const service = await startService(config, faults);
+  const service = startService(config, faults);
   const url = `http://127.0.0.1:${service.server.port}`;
   await waitFor(() => service.system.readiness().ready, 5000, "service ready");
   return {
@@ -117,7 +121,9 @@ export async function waitFor(
 ): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what}`);
+    if (Date.now() > deadline) {
+      throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what}`);
+    }
     await new Promise((r) => setTimeout(r, 10));
   }
 }
