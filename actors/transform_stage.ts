@@ -59,6 +59,16 @@ export class AnomalyTracker {
   }
 }
 
+/** `2025-01-15T10:00:05Z` or `2025-01-15T10:00:05.250Z`: already canonical, no reformatting needed. */
+const CANONICAL_UTC = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.(?!000Z)\d{3})?Z$/;
+
+/** The canonical UTC form of a validated ISO 8601 timestamp, with its epoch ms. */
+export function normaliseTimestamp(ts: string): { iso: string; ms: number } {
+  const ms = Date.parse(ts);
+  // Most clients already send canonical UTC; formatting a Date costs more than this test.
+  return { iso: CANONICAL_UTC.test(ts) ? ts : toUtcIso(ms), ms };
+}
+
 /** Transforms one validated record. */
 export function transformRecord(
   r: DataRecord,
@@ -66,11 +76,11 @@ export function transformRecord(
   anomaly: AnomalyTracker,
 ): ProcessedRecord {
   const event = r.event.trim().toLowerCase();
-  const ms = Date.parse(r.timestamp);
+  const { iso, ms } = normaliseTimestamp(r.timestamp);
   const { z, anomaly: isAnomaly } = anomaly.score(event, r.value);
   return {
     id: r.id,
-    timestamp: toUtcIso(ms),
+    timestamp: iso,
     timestamp_ms: ms,
     user_id: r.user_id.trim(),
     event,

@@ -52,6 +52,19 @@ export function checkNesting(value: unknown, limits: RecordLimits): string | und
   return undefined;
 }
 
+/**
+ * Whether an ISO 8601 timestamp names a day that exists. `Date.parse`
+ * alone would roll `2025-02-30` over to March 2.
+ */
+export function isRealDate(ts: string): boolean {
+  if (!Number.isFinite(Date.parse(ts))) return false;
+  const y = Number(ts.slice(0, 4));
+  const m = Number(ts.slice(5, 7));
+  const d = Number(ts.slice(8, 10));
+  const days = new Date(Date.UTC(y, m, 0)).getUTCDate();
+  return m >= 1 && m <= 12 && d >= 1 && d <= days;
+}
+
 /** Builds the `DataRecord` schema for the given limits. */
 export function dataRecordSchema(limits: RecordLimits = DEFAULT_RECORD_LIMITS) {
   const text = (what: string) =>
@@ -73,14 +86,17 @@ export function dataRecordSchema(limits: RecordLimits = DEFAULT_RECORD_LIMITS) {
     timestamp: v.pipe(
       v.string("timestamp must be an ISO 8601 string"),
       v.isoTimestamp("timestamp must be ISO 8601, for example 2025-01-15T10:00:00Z"),
-      v.check((s) => Number.isFinite(Date.parse(s)), "timestamp is not a real date"),
+      v.check(isRealDate, "timestamp is not a real date"),
     ),
     user_id: text("user_id"),
     event: text("event"),
     value: v.pipe(v.number("value must be a number"), v.finite("value must be finite")),
     metadata: v.nullish(
       v.pipe(
-        v.record(v.string(), v.unknown(), "metadata must be an object"),
+        v.custom<Record<string, unknown>>(
+          (m) => typeof m === "object" && m !== null && !Array.isArray(m),
+          "metadata must be an object",
+        ),
         v.rawCheck(({ dataset, addIssue }) => {
           if (!dataset.typed) return;
           const problem = checkNesting(dataset.value, { ...limits, maxDepth: limits.maxDepth - 1 });
