@@ -51,6 +51,8 @@ export const FaultPlan = v.strictObject({
   ),
 });
 export type FaultPlan = v.InferOutput<typeof FaultPlan>;
+/** A fault plan as written: every field optional. */
+export type FaultPlanInput = v.InferInput<typeof FaultPlan>;
 
 /** The error an injected fault throws. */
 export class InjectedFault extends Error {
@@ -76,7 +78,9 @@ export class FaultInjector {
   #random: () => number;
   #outageUntil = 0;
 
-  constructor(plan: FaultPlan = v.parse(FaultPlan, {}), random: () => number = Math.random) {
+  /** Throws a `ValiError` for an invalid plan. */
+  constructor(input: FaultPlanInput = {}, random: () => number = Math.random) {
+    const plan = v.parse(FaultPlan, input);
     this.#plan = plan;
     this.#poison = new Set(plan.poison_ids.map(recordKey));
     this.#random = random;
@@ -93,8 +97,9 @@ export class FaultInjector {
     return this.#plan;
   }
 
-  /** Replaces the plan (admin route). */
-  set(plan: FaultPlan): void {
+  /** Replaces the plan (admin route); throws a `ValiError` for an invalid one. */
+  set(input: FaultPlanInput): void {
+    const plan = v.parse(FaultPlan, input);
     this.#plan = plan;
     this.#poison = new Set(plan.poison_ids.map(recordKey));
     this.#thrown.clear();

@@ -44,8 +44,9 @@ const DEFAULTS: Config = {
   supervisor: { max_restarts: 5, within_ms: 10_000, backoff_initial_ms: 50, backoff_max_ms: 5000 },
   storage: { synchronous: "full" },
   ingest: { max_wait_ms: 1000 },
+  idempotency: { window_ms: 3_600_000, max_keys: 10_000, max_bytes: 67_108_864 },
   auth: { token: null, protect_metrics: false },
-  faults: { stages: {}, poison_ids: [], poison_stages: ["transform"] },
+  faults: { stages: {}, poison_ids: [], storage_outage_ms: 0, poison_stages: ["transform"] },
 };
 
 function valueOf(result: ConfigResult): Config {
