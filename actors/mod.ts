@@ -106,7 +106,15 @@ export class TroupeSystem {
       return { ok: true, ticket };
     }
     const mailbox = this.runtimes.validate.mailbox;
-    if (!(await mailbox.waitForRoom(records.length, options.maxWaitMs))) {
+    const deadline = Date.now() + options.maxWaitMs;
+    let room = await mailbox.waitForRoom(records.length, options.maxWaitMs);
+    // The room is not held for us: a request told "room" at the same moment
+    // may have filled it before this one resumed. Look again, and put below
+    // with nothing awaited in between.
+    while (room && !mailbox.hasRoom(records.length)) {
+      room = await mailbox.waitForRoom(records.length, Math.max(0, deadline - Date.now()));
+    }
+    if (!room) {
       return {
         ok: false,
         status: this.#unavailable() === null ? 429 : 503,
@@ -146,9 +154,10 @@ export class TroupeSystem {
     const breaker = this.root.system.get("breaker.store")?.getSnapshot().value;
     checks.push({
       name: "storage",
-      ok: connections.open > 0 && breaker !== "open",
-      message: breaker === "open"
-        ? "Storage unavailable: circuit breaker open"
+      // Half open is still probing: not ready until a trial commit went through.
+      ok: connections.open > 0 && (breaker === undefined || breaker === "closed"),
+      message: breaker === "open" || breaker === "halfOpen"
+        ? `Storage unavailable: circuit breaker ${breaker === "open" ? "open" : "half open"}`
         : connections.open > 0
         ? undefined
         : `No open storage connection (${connections.total} starting)`,

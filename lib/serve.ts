@@ -53,11 +53,29 @@ export function serve(fetch: Fetch, options: { hostname: string; port: number })
     };
   }
   if (g.Deno !== undefined) {
+    // Deno 2.9's shutdown() makes the body of every in-flight request
+    // unreadable at once (denoland/deno#36809), so a POST still uploading
+    // would fail with a 400. Wait for the handlers already running first;
+    // the ones that start meanwhile see the drain and answer 503 unread.
+    const running = new Set<Promise<unknown>>();
+    const tracked: Fetch = (req) => {
+      const answer = Promise.resolve(fetch(req));
+      running.add(answer);
+      answer.then(() => running.delete(answer), () => running.delete(answer));
+      return answer;
+    };
     const s = g.Deno.serve(
       { hostname: options.hostname, port: options.port, onListen: () => {} },
-      fetch,
+      tracked,
     );
-    return { hostname: options.hostname, port: s.addr.port, shutdown: () => s.shutdown() };
+    return {
+      hostname: options.hostname,
+      port: s.addr.port,
+      shutdown: async () => {
+        await Promise.allSettled([...running]);
+        await s.shutdown();
+      },
+    };
   }
   throw new Error("troupe runs on Deno or Bun: neither Deno.serve nor Bun.serve is available");
 }

@@ -69,17 +69,17 @@ Deno.test("a storage outage turns /readyz 503, fills the mailboxes to 503, and r
     pipeline: {
       batch_size: 50,
       stages: {
-        validate: { mailbox_capacity: 200 },
-        transform: { mailbox_capacity: 200 },
-        aggregate: { mailbox_capacity: 200 },
-        store: { mailbox_capacity: 200 },
+        validate: { mailbox_capacity: 100 },
+        transform: { mailbox_capacity: 100 },
+        aggregate: { mailbox_capacity: 100 },
+        store: { mailbox_capacity: 100 },
       },
     },
     ingest: { max_wait_ms: 50 },
   }, faults);
   try {
     assert.equal((await postRecords(svc.url, makeRecords(10, "before"))).status, 200);
-    faults.set({ stages: {}, poison_ids: [], poison_stages: [], storage_outage_ms: 1500 });
+    faults.set({ stages: {}, poison_ids: [], poison_stages: [], storage_outage_ms: 4000 });
     const pending = [postRecords(svc.url, makeRecords(50, "during-0"))];
     await waitFor(
       async () => (await getJson(svc.url, "/readyz")).status === 503,
