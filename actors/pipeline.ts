@@ -22,13 +22,7 @@
  */
 import { assign, enqueueActions, setup } from "xstate";
 import type { AnyStateMachine } from "xstate";
-import {
-  type Backoff,
-  createBackoff,
-  nextDelay,
-  recordRestart,
-  resetBackoff,
-} from "../lib/backoff.ts";
+import { freshRestartMemory, planRestart, type RestartMemory } from "../lib/backoff.ts";
 import { PipelineUnavailableError } from "../lib/batch.ts";
 import { type StageName, STAGES } from "../lib/schemas.ts";
 import type { StageDeps } from "./_stage_deps.ts";
@@ -92,10 +86,7 @@ export type PipelineEvent =
   | { type: "pool.respawn"; stage: StageName }
   | { type: "xstate.error.actor.*"; error: unknown };
 
-interface PipelineContext extends PipelineInput {
-  restartHistory: number[];
-  backoff: Backoff;
-}
+interface PipelineContext extends PipelineInput, RestartMemory {}
 
 function poolInput(stage: StageName, { runtimes, deps }: PipelineInput) {
   const i = STAGES.indexOf(stage);
@@ -132,11 +123,7 @@ export const pipelineMachine = setup({
   id: "pipeline",
   context: ({ input }) => ({
     ...input,
-    restartHistory: [],
-    backoff: createBackoff(
-      input.deps.config.supervisor.backoff_initial_ms,
-      input.deps.config.supervisor.backoff_max_ms,
-    ),
+    ...freshRestartMemory(input.deps.config.supervisor),
   }),
   entry: enqueueActions(({ enqueue }) => {
     // Downstream first, so every pool finds its next pool when it starts.
@@ -157,27 +144,19 @@ export const pipelineMachine = setup({
         context.runtimes[stage].poolRestarts++;
         context.deps.metrics.actorRestartsTotal.inc({ actor: id });
         enqueue.stopChild(id);
-        const { history, exceeded } = recordRestart(
-          context.restartHistory,
-          Date.now(),
-          sup.max_restarts,
-          sup.within_ms,
-        );
+        const { exceeded, delayMs, memory } = planRestart(context, sup, Date.now());
         if (exceeded) {
           throw new Error(
-            `Pipeline gave up: ${history.length} pool crashes within ${sup.within_ms} ms, last: ${reason}`,
+            `Pipeline gave up: ${memory.restartHistory.length} pool crashes within ${sup.within_ms} ms, last: ${reason}`,
             { cause: event.error },
           );
         }
-        const { delayMs, backoff } = nextDelay(
-          history.length === 1 ? resetBackoff(context.backoff) : context.backoff,
-        );
         context.deps.log.error("Pool {pool} crashed: {reason}; restarting in {delayMs} ms", {
           pool: id,
           reason,
           delayMs,
         });
-        enqueue.assign({ restartHistory: history, backoff });
+        enqueue.assign(memory);
         enqueue.raise({ type: "pool.respawn", stage }, { delay: delayMs });
       }),
     },

@@ -22,13 +22,7 @@
  * (its own, delayed), `xstate.error.actor.pipeline`.
  */
 import { assign, enqueueActions, setup } from "xstate";
-import {
-  type Backoff,
-  createBackoff,
-  nextDelay,
-  recordRestart,
-  resetBackoff,
-} from "../lib/backoff.ts";
+import { freshRestartMemory, planRestart, type RestartMemory } from "../lib/backoff.ts";
 import type { StageDeps } from "./_stage_deps.ts";
 import { abandonAll, pipelineMachine, type StageRuntimes } from "./pipeline.ts";
 
@@ -44,9 +38,7 @@ export type RootEvent =
   | { type: "pipeline.respawn" }
   | { type: "xstate.error.actor.pipeline"; error: unknown };
 
-interface RootContext extends RootInput {
-  restartHistory: number[];
-  backoff: Backoff;
+interface RootContext extends RootInput, RestartMemory {
   restarts: number;
   lastError: string | null;
 }
@@ -73,11 +65,7 @@ export const rootSupervisorMachine = setup({
   id: "root_supervisor",
   context: ({ input }) => ({
     ...input,
-    restartHistory: [],
-    backoff: createBackoff(
-      input.deps.config.supervisor.backoff_initial_ms,
-      input.deps.config.supervisor.backoff_max_ms,
-    ),
+    ...freshRestartMemory(input.deps.config.supervisor),
     restarts: 0,
     lastError: null,
   }),
@@ -92,13 +80,7 @@ export const rootSupervisorMachine = setup({
           {
             guard: ({ context }) => {
               const sup = context.deps.config.supervisor;
-              return recordRestart(
-                context.restartHistory,
-                Date.now(),
-                sup.max_restarts,
-                sup.within_ms,
-              )
-                .exceeded;
+              return planRestart(context, sup, Date.now()).exceeded;
             },
             target: "failed",
             actions: enqueueActions(({ context, event, enqueue }) => {
@@ -118,15 +100,7 @@ export const rootSupervisorMachine = setup({
               const reason = event.error instanceof Error
                 ? event.error.message
                 : String(event.error);
-              const { history } = recordRestart(
-                context.restartHistory,
-                Date.now(),
-                sup.max_restarts,
-                sup.within_ms,
-              );
-              const { delayMs, backoff } = nextDelay(
-                history.length === 1 ? resetBackoff(context.backoff) : context.backoff,
-              );
+              const { delayMs, memory } = planRestart(context, sup, Date.now());
               context.deps.log.error("Pipeline crashed: {reason}; restarting in {delayMs} ms", {
                 reason,
                 delayMs,
@@ -134,8 +108,7 @@ export const rootSupervisorMachine = setup({
               context.deps.metrics.actorRestartsTotal.inc({ actor: "pipeline" });
               enqueue.stopChild("pipeline");
               enqueue.assign({
-                restartHistory: history,
-                backoff,
+                ...memory,
                 restarts: context.restarts + 1,
                 lastError: reason,
               });

@@ -62,3 +62,47 @@ export function recordRestart(
   kept.push(now);
   return { history: kept, exceeded: kept.length > maxRestarts };
 }
+
+/** A supervisor's restart settings (the `supervisor` config section). */
+export interface RestartPolicy {
+  max_restarts: number;
+  within_ms: number;
+  backoff_initial_ms: number;
+  backoff_max_ms: number;
+}
+
+/** What a supervisor remembers between restarts of its children. */
+export interface RestartMemory {
+  restartHistory: number[];
+  backoff: Backoff;
+}
+
+/** A supervisor's memory before its first restart. */
+export function freshRestartMemory(policy: RestartPolicy): RestartMemory {
+  return {
+    restartHistory: [],
+    backoff: createBackoff(policy.backoff_initial_ms, policy.backoff_max_ms),
+  };
+}
+
+/**
+ * Decides about one more crash at `now`: whether the restart intensity is
+ * passed (give up and escalate), else how long to wait before the restart.
+ * The backoff starts over when the previous crashes have left the window.
+ */
+export function planRestart(
+  memory: RestartMemory,
+  policy: RestartPolicy,
+  now: number,
+): { exceeded: boolean; delayMs: number; memory: RestartMemory } {
+  const { history, exceeded } = recordRestart(
+    memory.restartHistory,
+    now,
+    policy.max_restarts,
+    policy.within_ms,
+  );
+  const { delayMs, backoff } = nextDelay(
+    history.length === 1 ? resetBackoff(memory.backoff) : memory.backoff,
+  );
+  return { exceeded, delayMs, memory: { restartHistory: history, backoff } };
+}
