@@ -21,27 +21,23 @@
  * to the pipeline supervisor.
  *
  * Back-pressure: a batch leaves the mailbox only when an idle worker is
- * free and room for it is reserved in the next stage's mailbox.
+ * free and room for it is reserved in the next stage's mailbox. A pool that
+ * takes batches out of its mailbox tells the previous stage's pool
+ * (`mailbox.room`), which may be waiting for that room.
  *
  * Scaling: every `autoscale.interval_ms`, one worker more while the
  * mailbox is above `high_watermark` of its capacity, one fewer (an idle
  * one) once it has stayed below `low_watermark` for `cooldown_ms`.
  *
- * Events in: `mailbox.put`, `batch.done`, `worker.ready`, `worker.respawn`,
- * and `xstate.error.actor.*` from its workers.
+ * Events in: `mailbox.put`, `mailbox.room`, `batch.done`, `worker.ready`,
+ * `worker.respawn`, and `xstate.error.actor.*` from its workers.
  */
 import { assign, enqueueActions, setup } from "xstate";
 import type { AnyActorRef, AnyStateMachine } from "xstate";
-import {
-  type Backoff,
-  createBackoff,
-  nextDelay,
-  recordRestart,
-  resetBackoff,
-} from "../lib/backoff.ts";
+import { freshRestartMemory, planRestart, type RestartMemory } from "../lib/backoff.ts";
 import type { Batch } from "../lib/batch.ts";
 import { Mailbox } from "../lib/mailbox.ts";
-import type { StageName } from "../lib/schemas.ts";
+import { type StageName, STAGES } from "../lib/schemas.ts";
 import type { StageDeps } from "./_stage_deps.ts";
 import type { BatchDoneEvent } from "./_stage_worker.ts";
 import { breakerAllows, circuitBreakerMachine } from "./circuit_breaker.ts";
@@ -120,17 +116,16 @@ interface Slot {
 /** Events a stage pool accepts. */
 export type StagePoolEvent =
   | { type: "mailbox.put" }
+  | { type: "mailbox.room" }
   | BatchDoneEvent
   | { type: "worker.ready"; workerId: string }
   | { type: "worker.respawn" }
   | BatchRetryEvent
   | { type: "xstate.error.actor.*"; error: unknown };
 
-interface PoolContext extends StagePoolInput {
+interface PoolContext extends StagePoolInput, RestartMemory {
   workers: Map<string, Slot>;
   nextWorker: number;
-  restartHistory: number[];
-  backoff: Backoff;
   respawning: number;
   lowSince: number | null;
   /** The storage circuit breaker (store pool only). */
@@ -171,7 +166,7 @@ export const stagePoolMachine = setup({
       context.deps.metrics.stageWorkers.set({ stage: context.runtime.stage }, context.workers.size);
       return { nextWorker: n + 1 };
     }),
-    dispatch: ({ context }) => dispatch(context),
+    dispatch: ({ context, system }) => dispatch(context, system),
     spawnBreaker: assign(({ context, spawn }) => {
       const { deps } = context;
       const log = deps.log;
@@ -206,11 +201,7 @@ export const stagePoolMachine = setup({
     ...input,
     workers: new Map(),
     nextWorker: 1,
-    restartHistory: [],
-    backoff: createBackoff(
-      input.deps.config.supervisor.backoff_initial_ms,
-      input.deps.config.supervisor.backoff_max_ms,
-    ),
+    ...freshRestartMemory(input.deps.config.supervisor),
     respawning: 0,
     lowSince: null,
     breaker: null,
@@ -244,6 +235,7 @@ export const stagePoolMachine = setup({
   },
   on: {
     "mailbox.put": { actions: "dispatch" },
+    "mailbox.room": { actions: "dispatch" },
     "batch.retry": {
       actions: [
         ({ context, event }) => {
@@ -285,22 +277,13 @@ export const stagePoolMachine = setup({
         context.deps.metrics.stageWorkers.set({ stage }, context.workers.size);
         const reason = errorMessage(event.error);
         isolatePoison(context, workerId, reason);
-        const now = Date.now();
-        const { history, exceeded } = recordRestart(
-          context.restartHistory,
-          now,
-          sup.max_restarts,
-          sup.within_ms,
-        );
+        const { exceeded, delayMs, memory } = planRestart(context, sup, Date.now());
         if (exceeded) {
           throw new Error(
-            `Stage pool "${stage}" gave up: ${history.length} worker crashes within ${sup.within_ms} ms, last: ${reason}`,
+            `Stage pool "${stage}" gave up: ${memory.restartHistory.length} worker crashes within ${sup.within_ms} ms, last: ${reason}`,
             { cause: event.error },
           );
         }
-        const { delayMs, backoff } = nextDelay(
-          history.length === 1 ? resetBackoff(context.backoff) : context.backoff,
-        );
         context.deps.log.warn("Worker {workerId} crashed: {reason}; restarting in {delayMs} ms", {
           workerId,
           stage,
@@ -308,8 +291,7 @@ export const stagePoolMachine = setup({
           delayMs,
         });
         enqueue.assign({
-          restartHistory: history,
-          backoff,
+          ...memory,
           respawning: context.respawning + 1,
         });
         enqueue.raise({ type: "worker.respawn" }, { delay: delayMs });
@@ -319,14 +301,21 @@ export const stagePoolMachine = setup({
   },
 });
 
-/** Hands queued batches to idle, ready workers while the next mailbox has room. */
-function dispatch(context: PoolContext): void {
+/**
+ * Hands queued batches to idle, ready workers while the next mailbox has
+ * room, then wakes the previous stage's pool if room was made here.
+ */
+function dispatch(
+  context: PoolContext,
+  system: { get(id: string): AnyActorRef | undefined },
+): void {
   const { runtime, next, groupRecords } = context;
   const mailbox = runtime.mailbox;
   const allows = context.breaker === null
     ? "all"
     : breakerAllows(context.breaker.getSnapshot().value);
   if (allows === "none" || (allows === "one" && runtime.inFlight.size > 0)) return;
+  let took = false;
   for (const [workerId, slot] of context.workers) {
     if (mailbox.length === 0) break;
     if (!slot.ready || runtime.inFlight.has(workerId)) continue;
@@ -346,11 +335,18 @@ function dispatch(context: PoolContext): void {
       if (alone) break;
     }
     if (batches.length === 0) break; // the next stage is full: wait for its room
+    took = true;
     runtime.inFlight.set(workerId, { batches, reserved, startedAt: performance.now() });
     slot.ref.send({ type: "batch.process", batches });
     if (allows === "one") break; // a half-open breaker lets one trial through
   }
   context.deps.metrics.mailboxDepth.set({ stage: runtime.stage }, mailbox.depth);
+  // The previous pool may have stopped dispatching for want of this room;
+  // nothing else would wake it before its next scaling tick.
+  const previous = STAGES[STAGES.indexOf(runtime.stage) - 1];
+  if (took && previous !== undefined) {
+    system.get(`pool.${previous}`)?.send({ type: "mailbox.room" });
+  }
 }
 
 /** Moves the batches of a finished dispatch on to the next stage. */
@@ -388,6 +384,9 @@ function finish(
 function isolatePoison(context: PoolContext, workerId: string, reason: string): void {
   const { runtime, next, deps } = context;
   const batches = runtime.recover(workerId, next, true);
+  // Batches that crashed together do not tell which of them is at fault:
+  // each goes again alone (attempts > 0) before any is split or failed.
+  if (batches.length > 1) return;
   const maxAttempts = deps.config.pipeline.max_attempts;
   for (const b of batches) {
     if (b.attempts < maxAttempts) continue;

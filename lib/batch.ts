@@ -153,7 +153,7 @@ export class Batch {
       case "transform":
         return this.valid.length;
       default:
-        return Math.max(this.processed.length, this.failed.length > 0 ? 1 : 0);
+        return this.processed.length;
     }
   }
 

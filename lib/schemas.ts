@@ -40,7 +40,7 @@ export function checkNesting(value: unknown, limits: RecordLimits): string | und
         return `string of ${node.length} characters exceeds the limit of ${limits.maxStringLength}`;
       }
     } else if (node !== null && typeof node === "object") {
-      if (depth >= limits.maxDepth) return `nesting exceeds the limit of ${limits.maxDepth} levels`;
+      if (depth > limits.maxDepth) return `nesting exceeds the limit of ${limits.maxDepth} levels`;
       for (const key in node) {
         if (key.length > limits.maxStringLength) {
           return `key of ${key.length} characters exceeds the limit of ${limits.maxStringLength}`;
@@ -99,8 +99,9 @@ export function dataRecordSchema(limits: RecordLimits = DEFAULT_RECORD_LIMITS) {
         ),
         v.rawCheck(({ dataset, addIssue }) => {
           if (!dataset.typed) return;
-          const problem = checkNesting(dataset.value, { ...limits, maxDepth: limits.maxDepth - 1 });
-          if (problem) addIssue({ message: `metadata: ${problem}` });
+          // `metadata` itself is depth 0; an object directly in it is depth 1.
+          const problem = checkNesting(dataset.value, limits);
+          if (problem) addIssue({ message: problem });
         }),
       ),
     ),
@@ -136,7 +137,11 @@ export interface ProcessedRecord {
   metadata: Record<string, unknown>;
   /** When troupe received the request, UTC ISO 8601. */
   received_at: string;
-  /** z-score of `value` against the running mean of its event type; 0 before 30 samples. */
+  /**
+   * z-score of `value` against the running mean and deviation of its event
+   * type (0 until two samples, or when they do not vary); `is_anomaly` waits
+   * for 30 samples.
+   */
   anomaly_score: number;
   is_anomaly: boolean;
 }
@@ -147,7 +152,7 @@ export interface FailedRecord {
   record_id: RecordId | null;
   stage: StageName;
   reason: string;
-  /** The record as received. */
+  /** The record as the refusing stage saw it: as received for `validate`, validated or transformed after. */
   raw: unknown;
   failed_at: string;
 }

@@ -92,7 +92,10 @@ Deno.test("a storage outage turns /readyz 503, fills the mailboxes to 503, and r
     let refused: Awaited<ReturnType<typeof postRecords>> | undefined;
     for (let i = 1; i < 40 && refused === undefined; i++) {
       const p = postRecords(svc.url, makeRecords(50, `during-${i}`));
-      const first = await Promise.race([p, new Promise<undefined>((r) => setTimeout(() => r(undefined), 100))]);
+      const first = await Promise.race([
+        p,
+        new Promise<undefined>((r) => setTimeout(() => r(undefined), 100)),
+      ]);
       if (first !== undefined && first.status === 503) refused = first;
       else pending.push(p);
     }

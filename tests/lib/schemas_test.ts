@@ -102,7 +102,11 @@ Deno.test("DataRecord refuses what the issue lists as bad records", async (t) =>
 Deno.test("dataRecordSchema enforces metadata depth and string length limits", () => {
   const schema = dataRecordSchema({ maxDepth: 3, maxStringLength: 10 });
   assert.ok(v.safeParse(schema, { ...GOOD, metadata: { a: { b: 1 } } }).success);
-  assert.equal(v.safeParse(schema, { ...GOOD, metadata: { a: { b: { c: 1 } } } }).success, false);
+  assert.ok(v.safeParse(schema, { ...GOOD, metadata: { a: { b: { c: { d: 1 } } } } }).success);
+  assert.equal(
+    v.safeParse(schema, { ...GOOD, metadata: { a: { b: { c: { d: {} } } } } }).success,
+    false,
+  );
   assert.equal(v.safeParse(schema, { ...GOOD, metadata: { a: "x".repeat(11) } }).success, false);
   assert.equal(v.safeParse(schema, { ...GOOD, user_id: "x".repeat(11) }).success, false);
 });
