@@ -218,7 +218,15 @@ Deno.test("createMetrics output passes promtool check metrics", async (t) => {
 
     assert.equal(result.code, 0, result.output);
     assert.equal(result.output.trim(), "");
-    for (const name of ["process_cpu_seconds_total", "process_resident_memory_bytes", "nodejs_heap_size_used_bytes", "nodejs_eventloop_lag_seconds", "nodejs_active_handles"]) {
+    for (
+      const name of [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "nodejs_heap_size_used_bytes",
+        "nodejs_eventloop_lag_seconds",
+        "nodejs_active_handles",
+      ]
+    ) {
       assert.match(text, new RegExp(`^# TYPE ${name} `, "m"));
     }
   });
