@@ -32,6 +32,7 @@ import type { BodyLimits } from "./lib/body.ts";
 import { parseCommand } from "./lib/cli.ts";
 import { type Config, formatConfigErrors, loadConfig } from "./lib/config.ts";
 import { FaultInjector } from "./lib/faults.ts";
+import { IdempotencyCache } from "./lib/idempotency.ts";
 import { getLog, setupLogging } from "./lib/log.ts";
 import { createMetrics, type Metrics } from "./lib/metrics.ts";
 import { serve, type Server } from "./lib/serve.ts";
@@ -91,9 +92,21 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     app.route("/", createAdminRoutes({ faults: system.deps.faults }));
   }
   app.route("/", createHealthRoutes({ system, version: VERSION }));
+  const idempotency = new IdempotencyCache({
+    windowMs: config.idempotency.window_ms,
+    maxKeys: config.idempotency.max_keys,
+    maxBytes: config.idempotency.max_bytes,
+  });
   app.route(
     "/",
-    createIngestRoutes({ system, limits, metrics, stats, maxWaitMs: config.ingest.max_wait_ms }),
+    createIngestRoutes({
+      system,
+      limits,
+      metrics,
+      stats,
+      maxWaitMs: config.ingest.max_wait_ms,
+      idempotency,
+    }),
   );
   app.route("/", createQueryRoutes({ reader }));
   app.route("/", createStatusRoutes({ system, reader, metrics, stats }));

@@ -338,6 +338,32 @@ export const Config = v.strictObject({
     }, "must be a mapping"),
     {},
   ),
+  /**
+   * `Idempotency-Key` on `POST /v1/records`: the same key with the same body
+   * gets the first answer again; with another body, 422. Kept in memory.
+   */
+  idempotency: v.nullish(
+    v.strictObject({
+      /**
+       * How long a key's answer is remembered, from when the key was first
+       * seen.
+       * @default 3600000
+       */
+      window_ms: milliseconds(3_600_000, 1),
+      /**
+       * Most keys remembered at once; past it the oldest is forgotten.
+       * @default 10000
+       */
+      max_keys: integer(10_000, 1),
+      /**
+       * Most bytes of keys and remembered answers; past it the oldest keys
+       * are forgotten, and a larger answer is not remembered.
+       * @default 67108864
+       */
+      max_bytes: integer(67_108_864, 1),
+    }, "must be a mapping"),
+    {},
+  ),
   /** Who may call the API. */
   auth: v.nullish(
     v.strictObject({

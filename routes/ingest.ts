@@ -9,13 +9,28 @@
  * | 200 | committed: `{"accepted","duplicates","rejected","errors"}` |
  * | 422 | same body, when nothing was accepted and something was rejected |
  * | 400 / 413 / 415 | the body cannot be read (see `lib/body.ts`) |
+ * | 400 | `invalid_idempotency_key`: not 1 to 255 printable ASCII characters |
+ * | 422 | `idempotency_key_reused`: the `Idempotency-Key` came with another body |
  * | 429 | the pipeline is full; `Retry-After` says when to come back |
  * | 503 | not ready or shutting down; `Retry-After` |
+ *
+ * With an `Idempotency-Key` header (see `lib/idempotency.ts`), a 200 or 422
+ * answer is remembered for the key; the same key with the same body gets it
+ * again, with `Idempotent-Replayed: true`, and nothing is processed. A second
+ * request arriving while the first is still processed waits for its answer.
+ * Without the header nothing is hashed or remembered.
  */
-import { Hono } from "hono";
+import { type Context, Hono } from "hono";
+import type { ContentfulStatusCode } from "hono/utils/http-status";
 import type { TroupeSystem } from "../actors/mod.ts";
 import { PipelineUnavailableError } from "../lib/batch.ts";
-import { type BodyLimits, readRecords } from "../lib/body.ts";
+import { type BodyLimits, type BodyResult, readRecords } from "../lib/body.ts";
+import {
+  hashRequestBody,
+  type IdempotencyCache,
+  type IdempotentAnswer,
+  parseIdempotencyKey,
+} from "../lib/idempotency.ts";
 import type { Metrics } from "../lib/metrics.ts";
 import type { IngestStats } from "../lib/stats.ts";
 import { ApiError } from "./_errors.ts";
@@ -29,26 +44,18 @@ export interface IngestDeps {
   stats: IngestStats;
   /** How long to wait for mailbox room before answering 429. */
   maxWaitMs: number;
+  /** Answers remembered by `Idempotency-Key`. */
+  idempotency: IdempotencyCache;
 }
 
 /** Routes that take records in. */
 export function createIngestRoutes(deps: IngestDeps): Hono<AppEnv> {
-  const { system, limits, metrics, stats, maxWaitMs } = deps;
+  const { system, limits, metrics, stats, maxWaitMs, idempotency } = deps;
   const app = new Hono<AppEnv>();
 
-  app.post("/v1/records", async (c) => {
-    const started = performance.now();
-    if (system.draining) {
-      stats.observeFailure();
-      throw unavailable("The service is shutting down", 5);
-    }
-    const body = await readRecords(c.req.raw, limits);
-    if (!body.ok) {
-      stats.observeFailure();
-      const { status, code, message, details } = body.error;
-      throw new ApiError(status, code, message, { details });
-    }
-    const outcome = await system.submit(body.value, { maxWaitMs });
+  /** Sends records through the pipeline; the answer's status and body, or throws an `ApiError`. */
+  async function ingest(records: unknown[], started: number) {
+    const outcome = await system.submit(records, { maxWaitMs });
     if (!outcome.ok) {
       stats.observeFailure();
       if (outcome.status === 503) throw unavailable(outcome.message, outcome.retryAfterSeconds);
@@ -70,12 +77,72 @@ export function createIngestRoutes(deps: IngestDeps): Hono<AppEnv> {
     metrics.recordsTotal.inc({ outcome: "rejected" }, result.rejected);
     stats.observe(result, performance.now() - started);
     const status = result.accepted === 0 && result.rejected > 0 && result.duplicates === 0
-      ? 422
-      : 200;
-    return c.json(result, status);
+      ? 422 as const
+      : 200 as const;
+    return { status, result };
+  }
+
+  /** Throws the answer to a body that cannot be read. */
+  function refuse(body: BodyResult & { ok: false }): never {
+    stats.observeFailure();
+    const { status, code, message, details } = body.error;
+    throw new ApiError(status, code, message, { details });
+  }
+
+  app.post("/v1/records", async (c) => {
+    const started = performance.now();
+    if (system.draining) {
+      stats.observeFailure();
+      throw unavailable("The service is shutting down", 5);
+    }
+    const keyHeader = c.req.header("idempotency-key");
+    if (keyHeader === undefined) {
+      const body = await readRecords(c.req.raw, limits);
+      if (!body.ok) refuse(body);
+      const { status, result } = await ingest(body.value, started);
+      return c.json(result, status);
+    }
+
+    const key = parseIdempotencyKey(keyHeader);
+    if (!key.ok) {
+      stats.observeFailure();
+      c.req.raw.body?.cancel().catch(() => {});
+      throw new ApiError(400, "invalid_idempotency_key", key.error);
+    }
+    const hashed = hashRequestBody(c.req.raw);
+    const body = await readRecords(hashed.request, limits);
+    // Unreadable bodies are not remembered: the same bytes get the same answer anyway.
+    if (!body.ok) refuse(body);
+    const claim = await idempotency.claim(key.value, hashed.digest());
+    if (claim.kind === "reused") {
+      stats.observeFailure();
+      throw new ApiError(
+        422,
+        "idempotency_key_reused",
+        `Idempotency-Key ${JSON.stringify(key.value)} was already used with another request body`,
+        { details: { idempotency_key: key.value } },
+      );
+    }
+    if (claim.kind === "replay") return answer(c, claim.answer, true);
+    try {
+      const { status, result } = await ingest(body.value, started);
+      const remembered = { status, body: JSON.stringify(result) };
+      claim.lease.remember(remembered);
+      return answer(c, remembered, false);
+    } finally {
+      // 429, 503 and crashes are not remembered: a retry must be processed for real.
+      claim.lease.release();
+    }
   });
 
   return app;
+}
+
+/** Sends a remembered answer as `c.json` would have sent it. */
+function answer(c: Context<AppEnv>, { status, body }: IdempotentAnswer, replayed: boolean) {
+  const headers: Record<string, string> = { "content-type": "application/json" };
+  if (replayed) headers["idempotent-replayed"] = "true";
+  return c.body(body, status as ContentfulStatusCode, headers);
 }
 
 function unavailable(message: string, retryAfterSeconds: number): ApiError {
