@@ -17,7 +17,15 @@ export function describeIssues(issues: readonly v.BaseIssue<unknown>[]): string 
   const first = issues[0];
   const path = v.getDotPath(first);
   if (path && first.input === undefined && first.kind === "schema") return `${path}: is required`;
-  return path ? `${path}: ${first.message}` : first.message;
+  const message = `${first.message}${quote(first.input)}`;
+  return path ? `${path}: ${message}` : message;
+}
+
+/** ` (got 1.5)` for a scalar value, shortened; nothing for objects. */
+function quote(input: unknown): string {
+  if (input === null || typeof input === "object" || input === undefined) return "";
+  const text = typeof input === "string" ? JSON.stringify(input) : String(input);
+  return ` (got ${text.length > 40 ? `${text.slice(0, 40)}…` : text})`;
 }
 
 /**

@@ -67,35 +67,39 @@ export function isRealDate(ts: string): boolean {
 
 /** Builds the `DataRecord` schema for the given limits. */
 export function dataRecordSchema(limits: RecordLimits = DEFAULT_RECORD_LIMITS) {
-  const text = (what: string) =>
+  const text = () =>
     v.pipe(
-      v.string(`${what} must be a string`),
+      v.string("must be a string"),
       v.trim(),
-      v.nonEmpty(`${what} must not be empty`),
-      v.maxLength(limits.maxStringLength, `${what} is longer than ${limits.maxStringLength}`),
+      v.nonEmpty("must not be empty"),
+      v.maxLength(limits.maxStringLength, `is longer than ${limits.maxStringLength} characters`),
     );
   return v.object({
     id: v.union([
       v.pipe(
         v.string(),
-        v.nonEmpty("id must not be empty"),
-        v.maxLength(256, "id is longer than 256 characters"),
+        v.nonEmpty("must not be empty"),
+        v.maxLength(256, "is longer than 256 characters"),
       ),
-      v.pipe(v.number(), v.safeInteger(), v.minValue(0)),
-    ], "id must be a non-negative integer or a non-empty string"),
+      v.pipe(
+        v.number(),
+        v.safeInteger("must be a whole number"),
+        v.minValue(0, "must not be negative"),
+      ),
+    ], "must be a non-negative integer or a non-empty string"),
     timestamp: v.pipe(
-      v.string("timestamp must be an ISO 8601 string"),
-      v.isoTimestamp("timestamp must be ISO 8601, for example 2025-01-15T10:00:00Z"),
-      v.check(isRealDate, "timestamp is not a real date"),
+      v.string("must be an ISO 8601 string"),
+      v.isoTimestamp("must be ISO 8601 with a zone, for example 2025-01-15T10:00:00Z"),
+      v.check(isRealDate, "is not a real date"),
     ),
-    user_id: text("user_id"),
-    event: text("event"),
-    value: v.pipe(v.number("value must be a number"), v.finite("value must be finite")),
+    user_id: text(),
+    event: text(),
+    value: v.pipe(v.number("must be a number"), v.finite("must be finite")),
     metadata: v.nullish(
       v.pipe(
         v.custom<Record<string, unknown>>(
           (m) => typeof m === "object" && m !== null && !Array.isArray(m),
-          "metadata must be an object",
+          "must be an object",
         ),
         v.rawCheck(({ dataset, addIssue }) => {
           if (!dataset.typed) return;

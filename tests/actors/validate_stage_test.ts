@@ -73,31 +73,31 @@ Deno.test("describeIssues names the field and what is wrong with it", async (t) 
   });
 
   await t.step("a field of the wrong type", () => {
-    assert.equal(messageFor({ ...GOOD, value: "1" }), "value: value must be a number");
-    assert.equal(messageFor({ ...GOOD, value: null }), "value: value must be a number");
+    assert.equal(messageFor({ ...GOOD, value: "1" }), 'value: must be a number (got "1")');
+    assert.equal(messageFor({ ...GOOD, value: null }), "value: must be a number");
     assert.equal(
       messageFor({ ...GOOD, timestamp: 1736935200 }),
-      "timestamp: timestamp must be an ISO 8601 string",
+      "timestamp: must be an ISO 8601 string (got 1736935200)",
     );
-    assert.equal(messageFor({ ...GOOD, user_id: 7 }), "user_id: user_id must be a string");
-    assert.equal(messageFor({ ...GOOD, event: ["login"] }), "event: event must be a string");
-    assert.equal(messageFor({ ...GOOD, metadata: "x" }), "metadata: metadata must be an object");
+    assert.equal(messageFor({ ...GOOD, user_id: 7 }), "user_id: must be a string (got 7)");
+    assert.equal(messageFor({ ...GOOD, event: ["login"] }), "event: must be a string");
+    assert.equal(messageFor({ ...GOOD, metadata: "x" }), 'metadata: must be an object (got "x")');
     assert.equal(
       messageFor({ ...GOOD, id: true }),
-      "id: id must be a non-negative integer or a non-empty string",
+      "id: must be a non-negative integer or a non-empty string (got true)",
     );
   });
 
   await t.step("values JSON cannot carry never get this far, but are refused", () => {
-    assert.equal(messageFor({ ...GOOD, value: Number.NaN }), "value: value must be a number");
-    assert.equal(messageFor({ ...GOOD, value: Infinity }), "value: value must be finite");
+    assert.equal(messageFor({ ...GOOD, value: Number.NaN }), "value: must be a number (got NaN)");
+    assert.equal(messageFor({ ...GOOD, value: Infinity }), "value: must be finite (got Infinity)");
   });
 
   await t.step("a negative or fractional id", () => {
     assert.match(messageFor({ ...GOOD, id: -1 })!, /^id: .*-1/);
     assert.match(messageFor({ ...GOOD, id: 1.5 })!, /^id: .*1\.5/);
     assert.match(messageFor({ ...GOOD, id: 2 ** 53 })!, /^id: /);
-    assert.equal(messageFor({ ...GOOD, id: "" }), "id: id must not be empty");
+    assert.equal(messageFor({ ...GOOD, id: "" }), 'id: must not be empty (got "")');
     assert.equal(messageFor({ ...GOOD, id: 0 }), null);
     assert.equal(messageFor({ ...GOOD, id: "abc" }), null);
   });
@@ -105,13 +105,16 @@ Deno.test("describeIssues names the field and what is wrong with it", async (t) 
   await t.step("a timestamp that is not ISO 8601", () => {
     assert.equal(
       messageFor({ ...GOOD, timestamp: "yesterday" }),
-      "timestamp: timestamp must be ISO 8601, for example 2025-01-15T10:00:00Z",
+      'timestamp: must be ISO 8601 with a zone, for example 2025-01-15T10:00:00Z (got "yesterday")',
     );
   });
 
   await t.step("strings that are blank or too long", () => {
-    assert.equal(messageFor({ ...GOOD, user_id: "   " }), "user_id: user_id must not be empty");
-    assert.equal(messageFor({ ...GOOD, event: "x".repeat(17) }), "event: event is longer than 16");
+    assert.equal(messageFor({ ...GOOD, user_id: "   " }), 'user_id: must not be empty (got "")');
+    assert.equal(
+      messageFor({ ...GOOD, event: "x".repeat(17) }),
+      `event: is longer than 16 characters (got "${"x".repeat(17)}")`,
+    );
     assert.match(
       messageFor({ ...GOOD, metadata: { note: "x".repeat(17) } })!,
       /^metadata: .*17 characters/,
@@ -163,7 +166,7 @@ Deno.test("validateBatches passes valid records on and refuses the rest with the
     index: 1,
     id: 2,
     stage: "validate",
-    message: "value: value must be a number",
+    message: 'value: must be a number (got "1")',
   }]);
   assert.deepEqual(a.failed[0].raw, records[1], "the failed store keeps the record as received");
   assert.deepEqual(b.valid.map((r) => r.id), [5]);
