@@ -18,7 +18,8 @@
  * until the record that crashes the stage is alone; that record fails with
  * its stage and reason and the rest go on. Intensity: more than
  * `max_restarts` within `within_ms` and the pool crashes itself, escalating
- * to the pipeline supervisor.
+ * to the pipeline supervisor. A completed batch clears both the backoff and
+ * the crash count: a stage that gets work done is not in a crash loop.
  *
  * Back-pressure: a batch leaves the mailbox only when an idle worker is
  * free and room for it is reserved in the next stage's mailbox. A pool that
@@ -255,7 +256,17 @@ export const stagePoolMachine = setup({
       ],
     },
     "batch.done": {
-      actions: [({ context, event, system }) => finish(context, event, system), "dispatch"],
+      actions: [
+        ({ context, event, system }) => finish(context, event, system),
+        // Work that gets done means the stage is not in a crash loop: the
+        // next crash restarts at the first backoff step and counts afresh.
+        assign(({ context }) =>
+          context.restartHistory.length === 0
+            ? {}
+            : freshRestartMemory(context.deps.config.supervisor)
+        ),
+        "dispatch",
+      ],
     },
     "worker.respawn": {
       actions: [
