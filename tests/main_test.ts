@@ -275,3 +275,84 @@ Deno.test("envOverrides reads TROUPE_TOKEN and TROUPE_FAULTS", () => {
   assert.equal(bad.ok, false);
   assert.deepEqual(envOverrides({}), { ok: true, value: {} });
 });
+
+Deno.test("GET /metrics of a live service passes promtool check metrics", async () => {
+  const svc = await startTestService();
+  try {
+    await postRecords(svc.url, SEED_RECORDS);
+    const res = await fetch(`${svc.url}/metrics`);
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get("content-type") ?? "", /^text\/plain; version=0\.0\.4/);
+    const text = await res.text();
+    for (
+      const name of [
+        'troupe_records_total{outcome="accepted"} 2',
+        'troupe_mailbox_depth{stage="validate"}',
+        'troupe_stage_workers{stage="store"}',
+        "troupe_stage_duration_seconds_bucket",
+        "troupe_http_request_duration_seconds_bucket",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+      ]
+    ) assert.ok(text.includes(name), name);
+    const promtool = new Deno.Command("promtool", {
+      args: ["check", "metrics"],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const writer = promtool.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(text));
+    await writer.close();
+    const out = await promtool.output();
+    const said = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 0, said);
+  } finally {
+    await svc.close();
+  }
+});
+
+Deno.test("serve --status prints a one-line status every second and SIGTERM exits 0", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "troupe_status_" });
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-all",
+      "main.ts",
+      "serve",
+      "--port",
+      String(port),
+      "--data",
+      dir,
+      "--status",
+    ],
+    env: { TROUPE_FAULTS: "", TROUPE_TOKEN: "" },
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  try {
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let seen = "";
+    const deadline = Date.now() + 15_000;
+    while (
+      !/records\/s +\d+ \| latency [\d.]+ ms \| errors [\d.]+% \| actors \d+ \| in flight \d+ \| rss \d+ MiB\n/
+        .test(seen)
+    ) {
+      if (Date.now() > deadline) throw new Error(`no status line in ${JSON.stringify(seen)}`);
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`stdout closed: ${JSON.stringify(seen)}`);
+      seen += value;
+    }
+    child.kill("SIGTERM");
+    while (!(await reader.read()).done) { /* drain */ }
+    assert.equal((await child.status).code, 0);
+  } finally {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* already gone */ }
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});
