@@ -105,6 +105,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
       metrics,
       stats,
       maxWaitMs: config.ingest.max_wait_ms,
+      maxConcurrent: config.ingest.max_concurrent_requests,
       idempotency,
     }),
   );

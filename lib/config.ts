@@ -335,6 +335,13 @@ export const Config = v.strictObject({
        * @default 1000
        */
       max_wait_ms: milliseconds(1_000, 0),
+      /**
+       * Ingest requests handled at once. More are answered 429 with
+       * `Retry-After` before their body is read, so bodies waiting to be
+       * parsed cannot grow memory without bound.
+       * @default 64
+       */
+      max_concurrent_requests: integer(64, 1, 100_000),
     }, "must be a mapping"),
     {},
   ),

@@ -44,13 +44,15 @@ export interface IngestDeps {
   stats: IngestStats;
   /** How long to wait for mailbox room before answering 429. */
   maxWaitMs: number;
+  /** Ingest requests handled at once; more are answered 429 before their body is read. */
+  maxConcurrent: number;
   /** Answers remembered by `Idempotency-Key`. */
   idempotency: IdempotencyCache;
 }
 
 /** Routes that take records in. */
 export function createIngestRoutes(deps: IngestDeps): Hono<AppEnv> {
-  const { system, limits, metrics, stats, maxWaitMs, idempotency } = deps;
+  const { system, limits, metrics, stats, maxWaitMs, idempotency, maxConcurrent } = deps;
   const app = new Hono<AppEnv>();
 
   /** Sends records through the pipeline; the answer's status and body, or throws an `ApiError`. */
@@ -89,7 +91,28 @@ export function createIngestRoutes(deps: IngestDeps): Hono<AppEnv> {
     throw new ApiError(status, code, message, { details });
   }
 
-  app.post("/v1/records", async (c) => {
+  // Requests past the cap are refused before their bodies are read: bodies
+  // waiting to be parsed are memory the mailboxes cannot bound.
+  let active = 0;
+  app.post("/v1/records", async (c, next) => {
+    if (active >= maxConcurrent) {
+      stats.observeFailure();
+      c.req.raw.body?.cancel().catch(() => {});
+      const retry = system.retryAfterSeconds();
+      throw new ApiError(
+        429,
+        "too_many_requests",
+        `Too many ingest requests in progress (${active} of ${maxConcurrent})`,
+        { headers: { "retry-after": String(retry) }, details: { retry_after_seconds: retry } },
+      );
+    }
+    active++;
+    try {
+      await next();
+    } finally {
+      active--;
+    }
+  }, async (c) => {
     const started = performance.now();
     if (system.draining) {
       stats.observeFailure();

@@ -356,3 +356,20 @@ Deno.test("serve --status prints a one-line status every second and SIGTERM exit
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 });
+
+Deno.test("ingest refuses requests past ingest.max_concurrent_requests with 429 before reading them", async () => {
+  const faults = new FaultInjector({ stages: { store: { latency_ms: 400 } } });
+  const svc = await startTestService({ ingest: { max_concurrent_requests: 1 } }, faults);
+  try {
+    const first = postRecords(svc.url, makeRecords(10, "slow"));
+    await waitFor(() => svc.system.load > 0, 5000, "the first request in the pipeline");
+    const second = await postRecords(svc.url, makeRecords(10, "second"));
+    assert.equal(second.status, 429);
+    assert.equal((second.body.error as { code: string }).code, "too_many_requests");
+    assert.ok(Number(second.headers.get("retry-after")) >= 1);
+    assert.equal((await first).status, 200);
+    assert.equal((await postRecords(svc.url, makeRecords(10, "second"))).status, 200, "room again");
+  } finally {
+    await svc.close();
+  }
+});
