@@ -14,18 +14,10 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import denoJson from "../deno.json" with { type: "json" };
 import { FAILED_FILE, PROCESSED_FILE, SUMMARY_FILE } from "../lib/jsonl_store.ts";
+import { CHILD_ENV, ROOT, type ServeProcess, startServe as startChild } from "./_child_process.ts";
 import { SEED_RECORDS, SEED_USER } from "./_helpers.ts";
-
-const ROOT = fileURLToPath(new URL("../", import.meta.url));
-
-/** How long the binary may take to exit after SIGTERM: far above `shutdown_timeout_ms`. */
-const EXIT_TIMEOUT_MS = 15_000;
-
-/** The environment of every child: no fault injection, no status line. */
-const CHILD_ENV = { TROUPE_FAULTS: "", TROUPE_STATUS: "0" };
 
 /** Runs `command` in the repository root and collects its exit code and output. */
 async function run(
@@ -56,87 +48,9 @@ async function buildBinary(dir: string): Promise<string> {
   return bin;
 }
 
-/** A free loopback port: bound, read and released, for the child to take. */
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr as Deno.NetAddr;
-  listener.close();
-  return port;
-}
-
-async function drainInto(stream: ReadableStream<Uint8Array>, chunks: string[]): Promise<void> {
-  for await (const text of stream.pipeThrough(new TextDecoderStream())) chunks.push(text);
-}
-
-/** A `serve` child process. */
-interface ServeProcess {
-  url: string;
-  /** Everything the child wrote to stdout and stderr so far. */
-  output(): string;
-  /** Sends `signal`, then waits up to {@linkcode EXIT_TIMEOUT_MS} for the exit code. */
-  stop(signal: Deno.Signal): Promise<number>;
-}
-
-/** Starts `<bin> serve` on a free port over `data`; resolves once `/readyz` is 200. */
-async function startServe(bin: string, data: string): Promise<ServeProcess> {
-  const port = freePort();
-  const url = `http://127.0.0.1:${port}`;
-  const child = new Deno.Command(bin, {
-    args: ["serve", "--port", String(port), "--data", data],
-    cwd: ROOT,
-    env: CHILD_ENV,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  // Both pipes are read to the end so the child never blocks on a full one.
-  const chunks: string[] = [];
-  const drained = Promise.all([drainInto(child.stdout, chunks), drainInto(child.stderr, chunks)]);
-  const output = () => chunks.join("");
-  let exited: Deno.CommandStatus | undefined;
-  const status = child.status.then(async (s) => {
-    exited = s;
-    await drained;
-    return s;
-  });
-  const deadline = Date.now() + 30_000;
-  while (true) {
-    if (exited !== undefined) {
-      await status;
-      throw new Error(
-        `${bin} serve exited with code ${exited.code} before it was ready:\n${output()}`,
-      );
-    }
-    const ready = await fetch(`${url}/readyz`).then(async (res) => {
-      await res.body?.cancel();
-      return res.status === 200;
-    }, () => false);
-    if (ready) break;
-    if (Date.now() > deadline) {
-      child.kill("SIGKILL");
-      await status;
-      throw new Error(`${bin} serve was not ready on ${url} after 30 s:\n${output()}`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  const stop = async (signal: Deno.Signal) => {
-    child.kill(signal);
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<"timeout">((r) =>
-      timer = setTimeout(() => r("timeout"), EXIT_TIMEOUT_MS)
-    );
-    const result = await Promise.race([status, timeout]);
-    clearTimeout(timer);
-    if (result === "timeout") {
-      child.kill("SIGKILL");
-      await status;
-      throw new Error(
-        `${bin} serve did not exit within ${EXIT_TIMEOUT_MS} ms of ${signal}:\n${output()}`,
-      );
-    }
-    return result.code;
-  };
-  return { url, output, stop };
+/** Starts `<bin> serve` over `data`. */
+function startServe(bin: string, data: string): Promise<ServeProcess> {
+  return startChild(bin, [], data);
 }
 
 async function postJson(url: string, body: unknown): Promise<{ status: number; body: unknown }> {
@@ -217,7 +131,7 @@ Deno.test("bun build --compile makes a troupe binary that serves and processes s
         assert.match(text, /troupe_records_total/);
         assert.match(text, /troupe_records_total\{outcome="accepted"\} 2\b/);
       } finally {
-        code = await server.stop("SIGTERM");
+        code = (await server.stop("SIGTERM")).code;
       }
       assert.equal(code, 0, `exit code ${code}; output:\n${server.output()}`);
     });

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { FaultInjector } from "../lib/faults.ts";
 import { envOverrides } from "../main.ts";
+import { freePort } from "./_child_process.ts";
 import {
   getJson,
   makeRecords,
@@ -314,9 +315,7 @@ Deno.test("GET /metrics of a live service passes promtool check metrics", async 
 
 Deno.test("serve --status prints a one-line status every second and SIGTERM exits 0", async () => {
   const dir = await Deno.makeTempDir({ prefix: "troupe_status_" });
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
+  const port = freePort();
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "run",

@@ -18,10 +18,8 @@
  * shutdown check.
  */
 import assert from "node:assert/strict";
-import { fileURLToPath } from "node:url";
+import { type ServeProcess, startServe as startChild } from "./_child_process.ts";
 import { makeRecords, SEED_RECORDS, SEED_USER } from "./_helpers.ts";
-
-const ROOT = fileURLToPath(new URL("../", import.meta.url));
 
 /** Records in each posted batch. */
 const BATCH = 2000;
@@ -31,92 +29,10 @@ const CLIENTS = 6;
 const ACKS_BEFORE_SIGNAL = 4;
 /** A bound on each client's requests, in case the server never stops. */
 const MAX_REQUESTS_PER_CLIENT = 40;
-/** How long the process may take to exit after a signal: far above `shutdown_timeout_ms`. */
-const EXIT_TIMEOUT_MS = 15_000;
 
-/** A free loopback port: bound, read and released, for the child to take. */
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr as Deno.NetAddr;
-  listener.close();
-  return port;
-}
-
-/** A `troupe serve` child process. */
-interface ServeProcess {
-  url: string;
-  child: Deno.ChildProcess;
-  /** Everything the child wrote to stdout and stderr so far. */
-  output(): string;
-  /** Sends `signal`, then waits up to {@linkcode EXIT_TIMEOUT_MS} for the exit. */
-  stop(signal: Deno.Signal): Promise<{ code: number; ms: number }>;
-}
-
-async function drainInto(stream: ReadableStream<Uint8Array>, chunks: string[]): Promise<void> {
-  for await (const text of stream.pipeThrough(new TextDecoderStream())) chunks.push(text);
-}
-
-/** Starts `deno run --allow-all main.ts serve` on a free port over `data`; resolves once `/readyz` is 200. */
-async function startServe(data: string): Promise<ServeProcess> {
-  const port = freePort();
-  const url = `http://127.0.0.1:${port}`;
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", "main.ts", "serve", "--port", String(port), "--data", data],
-    cwd: ROOT,
-    env: { TROUPE_FAULTS: "", TROUPE_STATUS: "0" },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  // Both pipes are read to the end so the child never blocks on a full one.
-  const chunks: string[] = [];
-  const drained = Promise.all([drainInto(child.stdout, chunks), drainInto(child.stderr, chunks)]);
-  const output = () => chunks.join("");
-  let exited: Deno.CommandStatus | undefined;
-  const status = child.status.then(async (s) => {
-    exited = s;
-    await drained;
-    return s;
-  });
-  const deadline = Date.now() + 30_000;
-  while (true) {
-    if (exited !== undefined) {
-      await status;
-      throw new Error(
-        `troupe serve exited with code ${exited.code} before it was ready:\n${output()}`,
-      );
-    }
-    const ready = await fetch(`${url}/readyz`).then(async (res) => {
-      await res.body?.cancel();
-      return res.status === 200;
-    }, () => false);
-    if (ready) break;
-    if (Date.now() > deadline) {
-      child.kill("SIGKILL");
-      await status;
-      throw new Error(`troupe serve was not ready on ${url} after 30 s:\n${output()}`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  const stop = async (signal: Deno.Signal) => {
-    const started = performance.now();
-    child.kill(signal);
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<"timeout">((r) =>
-      timer = setTimeout(() => r("timeout"), EXIT_TIMEOUT_MS)
-    );
-    const result = await Promise.race([status, timeout]);
-    clearTimeout(timer);
-    if (result === "timeout") {
-      child.kill("SIGKILL");
-      await status;
-      throw new Error(
-        `troupe serve did not exit within ${EXIT_TIMEOUT_MS} ms of ${signal}:\n${output()}`,
-      );
-    }
-    return { code: result.code, ms: performance.now() - started };
-  };
-  return { url, child, output, stop };
+/** Starts `deno run --allow-all main.ts serve` over `data`. */
+function startServe(data: string): Promise<ServeProcess> {
+  return startChild(Deno.execPath(), ["run", "--allow-all", "main.ts"], data);
 }
 
 /** What one POST came to: an HTTP answer or a connection error. */
