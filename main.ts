@@ -42,6 +42,9 @@ import type { StoreReader } from "./lib/store.ts";
 import { bearerAuth } from "hono/bearer-auth";
 import { errorBody, notFound, onError } from "./routes/_errors.ts";
 import { createAdminRoutes } from "./routes/admin.ts";
+import { createMonitorRoutes } from "./routes/monitor.ts";
+import { History } from "./lib/history.ts";
+import { CustomMetrics } from "./lib/custom_metrics.ts";
 import { accessLog, type AppEnv, httpMetrics, requestId } from "./routes/_middleware.ts";
 import { createHealthRoutes } from "./routes/health.ts";
 import { createIngestRoutes } from "./routes/ingest.ts";
@@ -59,11 +62,13 @@ export interface AppDeps {
   metrics: Metrics;
   stats: IngestStats;
   config: Config;
+  history: History;
+  custom: CustomMetrics;
 }
 
 /** Builds the Hono app: middleware, every route, the JSON error handlers. */
 export function createApp(deps: AppDeps): Hono<AppEnv> {
-  const { system, reader, metrics, stats, config } = deps;
+  const { system, reader, metrics, stats, config, history, custom } = deps;
   const app = new Hono<AppEnv>();
   app.use(requestId());
   app.use(httpMetrics(metrics));
@@ -111,6 +116,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   );
   app.route("/", createQueryRoutes({ reader }));
   app.route("/", createStatusRoutes({ system, reader, metrics, stats }));
+  app.route("/", createMonitorRoutes({ history, custom }));
   app.notFound(notFound);
   app.onError(onError(getLog("http")));
   return app;
@@ -125,6 +131,41 @@ export interface Service {
   stop(): Promise<boolean>;
 }
 
+/** Ingest figures for the collector: records/s by outcome since the last sample, latency. */
+function ingestReadings(stats: IngestStats): () => Record<string, number> {
+  let last = {
+    at: performance.now(),
+    accepted: 0,
+    duplicates: 0,
+    rejected: 0,
+    requests: 0,
+    failed: 0,
+  };
+  return () => {
+    const at = performance.now();
+    const seconds = Math.max(0.001, (at - last.at) / 1000);
+    const latency = stats.latency();
+    const out = {
+      records_accepted_per_second: (stats.accepted - last.accepted) / seconds,
+      records_duplicate_per_second: (stats.duplicates - last.duplicates) / seconds,
+      records_rejected_per_second: (stats.rejected - last.rejected) / seconds,
+      ingest_requests_per_second: (stats.requests - last.requests) / seconds,
+      ingest_errors_per_second: (stats.failedRequests - last.failed) / seconds,
+      ingest_latency_mean_ms: latency.mean,
+      ingest_latency_p99_ms: latency.p99,
+    };
+    last = {
+      at,
+      accepted: stats.accepted,
+      duplicates: stats.duplicates,
+      rejected: stats.rejected,
+      requests: stats.requests,
+      failed: stats.failedRequests,
+    };
+    return out;
+  };
+}
+
 /** Starts the HTTP service on the SQLite store in `config.data`. */
 export function startService(config: Config, faults?: FaultInjector): Service {
   const metrics = createMetrics();
@@ -132,9 +173,16 @@ export function startService(config: Config, faults?: FaultInjector): Service {
   // The first writer creates the file and its schema; the reader opens after it.
   openSqliteWriter(path, { synchronous: config.storage.synchronous }).close();
   const reader = openSqliteReader(path);
-  const system = startSystem({ config, metrics, faults });
   const stats = new IngestStats();
-  const app = createApp({ system, reader, metrics, stats, config });
+  const history = new History();
+  const custom = new CustomMetrics(metrics.registry, { history });
+  const system = startSystem({
+    config,
+    metrics,
+    faults,
+    monitor: { history, intervalMs: 1000, read: ingestReadings(stats) },
+  });
+  const app = createApp({ system, reader, metrics, stats, config, history, custom });
   const server = serve(app.fetch, { hostname: config.server.host, port: config.server.port });
   const log = getLog("main");
   let statusTimer: ReturnType<typeof setInterval> | undefined;

@@ -9,6 +9,7 @@ import { Ticket, toBatches } from "../lib/batch.ts";
 import { STAGES } from "../lib/schemas.ts";
 import type { StageDeps } from "./_stage_deps.ts";
 import type { Config } from "../lib/config.ts";
+import type { History } from "../lib/history.ts";
 import { FaultInjector } from "../lib/faults.ts";
 import { getLog } from "../lib/log.ts";
 import type { Metrics } from "../lib/metrics.ts";
@@ -49,6 +50,15 @@ export interface SubmitOptions {
   keepRecords?: boolean;
 }
 
+/** Turns on the monitor supervisor and its collector. */
+export interface MonitorOptions {
+  history: History;
+  /** Sampling period, ms. */
+  intervalMs: number;
+  /** Extra figures to record at each sample (HTTP, records/s…). */
+  read?: () => Record<string, number>;
+}
+
 /** A running actor system: the root supervisor and the state that outlives its actors. */
 export class TroupeSystem {
   readonly deps: StageDeps;
@@ -57,11 +67,23 @@ export class TroupeSystem {
   #draining = false;
   #fatal: string | null = null;
 
-  constructor(deps: StageDeps) {
+  constructor(deps: StageDeps, monitor?: MonitorOptions) {
     this.deps = deps;
     this.runtimes = createStageRuntimes(deps);
     this.root = createActor(rootSupervisorMachine, {
-      input: { runtimes: this.runtimes, deps },
+      input: {
+        runtimes: this.runtimes,
+        deps,
+        monitor: monitor === undefined ? undefined : {
+          collector: {
+            history: monitor.history,
+            intervalMs: monitor.intervalMs,
+            read: () => ({ ...this.readings(), ...(monitor.read?.() ?? {}) }),
+          },
+          policy: deps.config.supervisor,
+          log: deps.log,
+        },
+      },
       systemId: "root",
     });
     // The root handles its children's errors; anything reaching here is a bug.
@@ -71,6 +93,24 @@ export class TroupeSystem {
         deps.log.fatal("Root supervisor crashed: {error}", { error: this.#fatal });
       },
     });
+  }
+
+  /**
+   * Pipeline figures for the collector: mailbox depth and workers per
+   * stage, records in flight, and actors alive per type.
+   */
+  readings(): Record<string, number> {
+    const out: Record<string, number> = { in_flight_records: this.load };
+    for (const s of STAGES) {
+      out[`mailbox_depth_${s}`] = this.runtimes[s].mailbox.depth;
+      out[`workers_${s}`] = this.runtimes[s].workers;
+    }
+    const count = (n: ActorNode) => {
+      out[`actors_${n.type}`] = (out[`actors_${n.type}`] ?? 0) + 1;
+      n.children.forEach(count);
+    };
+    count(this.tree());
+    return out;
   }
 
   /** Starts the supervision tree. */
@@ -277,6 +317,8 @@ export interface SystemOptions {
   /** Opens one storage connection; defaults to the SQLite file in `config.data`. */
   openWriter?: () => Promise<StoreWriter>;
   faults?: FaultInjector;
+  /** Starts the monitor supervisor and its collector. */
+  monitor?: MonitorOptions;
 }
 
 /** Builds and starts the actor system over SQLite (or the given writer). */
@@ -296,5 +338,5 @@ export function startSystem(options: SystemOptions): TroupeSystem {
     metrics,
     log: getLog("pipeline"),
     openWriter,
-  }).start();
+  }, options.monitor).start();
 }

@@ -6,37 +6,45 @@
  *
  * ```
  * root_supervisor (systemId "root")
- * └── pipeline (systemId "pipeline")
- *     ├── pool.validate  ── validate_stage ×1..10
- *     ├── pool.transform ── transform_stage ×1..n
- *     ├── pool.aggregate ── aggregate_stage ×1..n
- *     └── pool.store     ── storage_connection ×1..5
+ * ├── pipeline (systemId "pipeline")
+ * │   ├── pool.validate  ── validate_stage ×1..10
+ * │   ├── pool.transform ── transform_stage ×1..n
+ * │   ├── pool.aggregate ── aggregate_stage ×1..n
+ * │   └── pool.store     ── storage_connection ×1..5, circuit_breaker
+ * └── monitor (systemId "monitor") ── collector ── lag_probe
  * ```
  *
  * Restart strategy: one for one, exponential backoff. Intensity: more than
  * `max_restarts` pipeline crashes within `within_ms` and the root gives up
- * (state `failed`).
+ * (state `failed`). A crashed monitor is restarted after
+ * `backoff_max_ms` whatever the state: watching must never stop the work.
  *
  * States: `running`, `stopping` (after `shutdown`: readiness drops, the
  * pipeline drains), `failed`. Events in: `shutdown`, `pipeline.respawn`
- * (its own, delayed), `xstate.error.actor.pipeline`.
+ * (its own, delayed), `xstate.error.actor.pipeline`, `monitor.respawn`,
+ * `xstate.error.actor.monitor`.
  */
 import { assign, enqueueActions, setup } from "xstate";
 import { freshRestartMemory, planRestart, type RestartMemory } from "../lib/backoff.ts";
 import type { StageDeps } from "./_stage_deps.ts";
+import { type MonitorInput, monitorMachine } from "./monitor.ts";
 import { abandonAll, pipelineMachine, type StageRuntimes } from "./pipeline.ts";
 
 /** Input of the root supervisor. */
 export interface RootInput {
   runtimes: StageRuntimes;
   deps: StageDeps;
+  /** Starts the monitor supervisor when given. */
+  monitor?: MonitorInput;
 }
 
 /** Events the root supervisor accepts. */
 export type RootEvent =
   | { type: "shutdown" }
   | { type: "pipeline.respawn" }
-  | { type: "xstate.error.actor.pipeline"; error: unknown };
+  | { type: "xstate.error.actor.pipeline"; error: unknown }
+  | { type: "monitor.respawn" }
+  | { type: "xstate.error.actor.monitor"; error: unknown };
 
 interface RootContext extends RootInput, RestartMemory {
   restarts: number;
@@ -50,8 +58,14 @@ export const rootSupervisorMachine = setup({
     events: {} as RootEvent,
     input: {} as RootInput,
   },
-  actors: { pipeline: pipelineMachine },
+  actors: { pipeline: pipelineMachine, monitor: monitorMachine },
   actions: {
+    spawnMonitor: assign(({ context, spawn }) => {
+      if (context.monitor !== undefined) {
+        spawn("monitor", { id: "monitor", systemId: "monitor", input: context.monitor });
+      }
+      return {};
+    }),
     spawnPipeline: assign(({ context, spawn }) => {
       spawn("pipeline", {
         id: "pipeline",
@@ -69,7 +83,23 @@ export const rootSupervisorMachine = setup({
     restarts: 0,
     lastError: null,
   }),
-  entry: "spawnPipeline",
+  entry: ["spawnPipeline", "spawnMonitor"],
+  on: {
+    "monitor.respawn": { actions: "spawnMonitor" },
+    "xstate.error.actor.monitor": {
+      actions: enqueueActions(({ context, event, enqueue }) => {
+        const reason = event.error instanceof Error ? event.error.message : String(event.error);
+        const delay = context.deps.config.supervisor.backoff_max_ms;
+        context.deps.log.error("Monitor crashed: {reason}; restarting in {delay} ms", {
+          reason,
+          delay,
+        });
+        context.deps.metrics.actorRestartsTotal.inc({ actor: "monitor" });
+        enqueue.stopChild("monitor");
+        enqueue.raise({ type: "monitor.respawn" }, { delay });
+      }),
+    },
+  },
   initial: "running",
   states: {
     running: {

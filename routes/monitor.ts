@@ -1,0 +1,97 @@
+/**
+ * @module
+ * What the monitor knows, over HTTP.
+ *
+ * | route | answer |
+ * |---|---|
+ * | `GET /v1/metrics/history` | `{"series":[names]}` |
+ * | `GET /v1/metrics/history?name=&from=&to=&step=` | `{"name","from","to","step_ms","points":[{"t","min","mean","max","count"}]}`; `from`/`to` are epoch ms or ISO 8601 (default: the last 15 minutes), `step` in ms or like `1s`, `1m` (default 1 s) |
+ * | `POST /v1/metrics/custom` | `{"name","value","labels","type":"gauge|counter"}` → 200 `{"series"}`; 422 past the series bound |
+ */
+import { Hono } from "hono";
+import * as v from "valibot";
+import { CustomMetric, type CustomMetrics } from "../lib/custom_metrics.ts";
+import type { History } from "../lib/history.ts";
+import { ApiError } from "./_errors.ts";
+import type { AppEnv } from "./_middleware.ts";
+
+/** Most points one history query returns. */
+export const MAX_POINTS = 10_000;
+
+/** Parses a time: epoch ms or ISO 8601. */
+export function parseTime(raw: string | undefined, fallback: number, name: string): number {
+  if (raw === undefined || raw === "") return fallback;
+  const n = /^\d+$/.test(raw) ? Number(raw) : Date.parse(raw);
+  if (!Number.isFinite(n)) {
+    throw new ApiError(
+      400,
+      "invalid_query",
+      `${name} must be epoch milliseconds or ISO 8601, got "${raw}"`,
+      {
+        details: { parameter: name, value: raw },
+      },
+    );
+  }
+  return n;
+}
+
+/** Parses a step: ms, or a number with `ms`, `s`, `m` or `h`. */
+export function parseStep(raw: string | undefined, fallback: number): number {
+  if (raw === undefined || raw === "") return fallback;
+  const m = /^(\d+)(ms|s|m|h)?$/.exec(raw);
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m?.[2] ?? "ms"] ?? 1;
+  const ms = m ? Number(m[1]) * unit : NaN;
+  if (!(ms >= 1)) {
+    throw new ApiError(400, "invalid_query", `step must be like 1000, 1s, 1m or 1h, got "${raw}"`, {
+      details: { parameter: "step", value: raw },
+    });
+  }
+  return ms;
+}
+
+/** History and custom metric routes. */
+export function createMonitorRoutes(
+  deps: { history: History; custom: CustomMetrics },
+): Hono<AppEnv> {
+  const { history, custom } = deps;
+  const app = new Hono<AppEnv>();
+
+  app.get("/v1/metrics/history", (c) => {
+    const name = c.req.query("name");
+    if (name === undefined || name === "") return c.json({ series: history.names() });
+    if (!history.has(name)) throw new ApiError(404, "not_found", `No series "${name}"`);
+    const now = Date.now();
+    const to = parseTime(c.req.query("to"), now, "to");
+    const from = parseTime(c.req.query("from"), to - 15 * 60_000, "from");
+    if (from > to) throw new ApiError(400, "invalid_query", `from (${from}) is after to (${to})`);
+    const step = parseStep(c.req.query("step"), 1000);
+    if ((to - from) / step > MAX_POINTS) {
+      throw new ApiError(400, "invalid_query", `At most ${MAX_POINTS} points: use a larger step`, {
+        details: { points: Math.ceil((to - from) / step) },
+      });
+    }
+    return c.json({ name, from, to, step_ms: step, points: history.query(name, from, to, step) });
+  });
+
+  app.post("/v1/metrics/custom", async (c) => {
+    let json: unknown;
+    try {
+      json = await c.req.json();
+    } catch (error) {
+      throw new ApiError(400, "invalid_json", `Body is not JSON: ${(error as Error).message}`);
+    }
+    const parsed = v.safeParse(CustomMetric, json);
+    if (!parsed.success) {
+      throw new ApiError(422, "invalid_metric", "Invalid custom metric", {
+        details: {
+          issues: parsed.issues.map((i) => ({ path: v.getDotPath(i) ?? "", message: i.message })),
+        },
+      });
+    }
+    const result = custom.record(parsed.output);
+    if (!result.ok) throw new ApiError(422, result.error.code, result.error.message);
+    return c.json(result.value);
+  });
+
+  return app;
+}
