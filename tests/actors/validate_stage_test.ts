@@ -6,6 +6,7 @@
  * thrown), and the worker machine under a parent that plays its pool.
  */
 import assert from "node:assert/strict";
+import fc from "fast-check";
 import { assign, createActor, setup } from "xstate";
 import * as v from "valibot";
 import { AnomalyTracker } from "../../actors/transform_stage.ts";
@@ -180,6 +181,100 @@ Deno.test("validateBatches passes valid records on and refuses the rest with the
   // Changing stage is the pool's job, and the sizes it counts follow it.
   b.stage = "transform";
   assert.equal(b.size, 1);
+});
+
+/** Field values to mix into records: valid ones, broken ones, and edge cases of the limits. */
+const FIELD_VALUES: Record<string, unknown[]> = {
+  id: [1, 0, -0, "abc", " ", "", -1, 1.5, 2 ** 53, "x".repeat(257), null, true],
+  timestamp: [
+    "2025-01-15T10:00:00Z",
+    "2024-02-29T23:59:59.999+05:30",
+    "2025-01-15 10:00:00Z",
+    "2025-02-30T00:00:00Z",
+    "2025-01-15T10:00:00+05",
+    "yesterday",
+    1736935200,
+  ],
+  user_id: ["user_001", "  padded  ", "x".repeat(16), "x".repeat(17), "   ", 7, ["u"]],
+  event: ["login", "\tclick\n", "", null],
+  value: [1, -0, 1e308, 0.5, Number.NaN, Infinity, "1", null],
+  metadata: [
+    { ip: "192.168.1.1" },
+    null,
+    undefined,
+    {},
+    nested(SMALL.maxDepth + 1),
+    nested(SMALL.maxDepth + 2),
+    { note: "x".repeat(17) },
+    [1, 2],
+    "x",
+  ],
+};
+
+/** Records built from {@linkcode FIELD_VALUES}, each field kept, replaced or removed. */
+const mixedRecord = fc.record(
+  Object.fromEntries(
+    Object.entries(FIELD_VALUES).map((
+      [field, values],
+    ) => [field, fc.option(fc.constantFrom(...values), { freq: 3 })]),
+  ),
+).chain((changes) =>
+  fc.constantFrom("keep", "remove").map((missing) => {
+    const record: Record<string, unknown> = { ...GOOD, extra: "dropped" };
+    for (const [field, value] of Object.entries(changes)) {
+      if (value !== null) record[field] = value;
+      else if (missing === "remove") delete record[field];
+    }
+    return record;
+  })
+);
+
+Deno.test("validateBatches gives the schema's outcome for every record, fast path or not", async () => {
+  const d = deps();
+  await fc.assert(
+    fc.asyncProperty(
+      fc.array(fc.oneof(mixedRecord, fc.jsonValue({ maxDepth: 2 })), { maxLength: 20 }),
+      fc.integer({ min: 1, max: 8 }),
+      async (records, size) => {
+        const batches = toBatches(new Ticket(), records, size);
+        await validateBatches(batches, d);
+        const valid = batches.flatMap((b) => b.valid);
+        const validIndex = batches.flatMap((b) => b.validIndex);
+        const errors = batches.flatMap((b) => b.errors.map((e) => [e.index, e.message]));
+        const expected = records.map((raw) => v.safeParse(d.schema, raw));
+        assert.deepStrictEqual(
+          valid,
+          expected.flatMap((r) => r.success ? [r.output] : []),
+        );
+        assert.equal(
+          JSON.stringify(valid),
+          JSON.stringify(expected.flatMap((r) => r.success ? [r.output] : [])),
+        );
+        assert.deepEqual(validIndex, expected.flatMap((r, i) => r.success ? [i] : []));
+        assert.deepEqual(
+          errors,
+          expected.flatMap((r, i) => r.success ? [] : [[i, describeIssues(r.issues)]]),
+        );
+      },
+    ),
+    { numRuns: 300 },
+  );
+});
+
+Deno.test("validateBatches applies the limits its schema was built with", async () => {
+  const d = deps(); // schema with SMALL limits, configuration with the defaults
+  const records = [
+    { ...GOOD, event: "x".repeat(16) },
+    { ...GOOD, id: 2, event: "x".repeat(17) },
+    { ...GOOD, id: 3, metadata: nested(SMALL.maxDepth + 2) },
+  ];
+  const [batch] = toBatches(new Ticket(), records, 3);
+  await validateBatches([batch], d);
+  assert.deepEqual(batch.validIndex, [0]);
+  assert.deepEqual(batch.errors.map((e) => e.message), [
+    `event: is longer than 16 characters (got "${"x".repeat(17)}")`,
+    messageFor(records[2]),
+  ]);
 });
 
 Deno.test("validateBatches leaves every batch untouched when a fault is thrown", async () => {
