@@ -45,6 +45,9 @@ import { createAdminRoutes } from "./routes/admin.ts";
 import { createMonitorRoutes } from "./routes/monitor.ts";
 import { History } from "./lib/history.ts";
 import { CustomMetrics } from "./lib/custom_metrics.ts";
+import { AlertBook } from "./lib/alerts.ts";
+import { type AlertRuleSpec, builtinRules } from "./actors/alert_rule.ts";
+import { getHeapStatistics } from "node:v8";
 import { accessLog, type AppEnv, httpMetrics, requestId } from "./routes/_middleware.ts";
 import { createHealthRoutes } from "./routes/health.ts";
 import { createIngestRoutes } from "./routes/ingest.ts";
@@ -64,11 +67,13 @@ export interface AppDeps {
   config: Config;
   history: History;
   custom: CustomMetrics;
+  book: AlertBook;
+  rules: AlertRuleSpec[];
 }
 
 /** Builds the Hono app: middleware, every route, the JSON error handlers. */
 export function createApp(deps: AppDeps): Hono<AppEnv> {
-  const { system, reader, metrics, stats, config, history, custom } = deps;
+  const { system, reader, metrics, stats, config, history, custom, book, rules } = deps;
   const app = new Hono<AppEnv>();
   app.use(requestId());
   app.use(httpMetrics(metrics));
@@ -115,8 +120,11 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     }),
   );
   app.route("/", createQueryRoutes({ reader }));
-  app.route("/", createStatusRoutes({ system, reader, metrics, stats }));
-  app.route("/", createMonitorRoutes({ history, custom }));
+  app.route("/", createStatusRoutes({ system, reader, metrics, stats, book }));
+  app.route(
+    "/",
+    createMonitorRoutes({ history, custom, book, rules: () => system.alertRules(rules) }),
+  );
   app.notFound(notFound);
   app.onError(onError(getLog("http")));
   return app;
@@ -138,9 +146,11 @@ function ingestReadings(stats: IngestStats): () => Record<string, number> {
     accepted: 0,
     duplicates: 0,
     rejected: 0,
+    processed: 0,
     requests: 0,
     failed: 0,
   };
+  const ratio = (part: number, whole: number) => (whole > 0 ? part / whole : 0);
   return () => {
     const at = performance.now();
     const seconds = Math.max(0.001, (at - last.at) / 1000);
@@ -153,12 +163,17 @@ function ingestReadings(stats: IngestStats): () => Record<string, number> {
       ingest_errors_per_second: (stats.failedRequests - last.failed) / seconds,
       ingest_latency_mean_ms: latency.mean,
       ingest_latency_p99_ms: latency.p99,
+      records_rejected_ratio: ratio(
+        stats.rejected - last.rejected,
+        stats.processed - last.processed,
+      ),
     };
     last = {
       at,
       accepted: stats.accepted,
       duplicates: stats.duplicates,
       rejected: stats.rejected,
+      processed: stats.processed,
       requests: stats.requests,
       failed: stats.failedRequests,
     };
@@ -176,13 +191,15 @@ export function startService(config: Config, faults?: FaultInjector): Service {
   const stats = new IngestStats();
   const history = new History();
   const custom = new CustomMetrics(metrics.registry, { history });
+  const book = new AlertBook();
+  const rules = builtinRules({ heapLimitBytes: getHeapStatistics().heap_size_limit });
   const system = startSystem({
     config,
     metrics,
     faults,
-    monitor: { history, intervalMs: 1000, read: ingestReadings(stats) },
+    monitor: { history, intervalMs: 1000, read: ingestReadings(stats), rules, book },
   });
-  const app = createApp({ system, reader, metrics, stats, config, history, custom });
+  const app = createApp({ system, reader, metrics, stats, config, history, custom, book, rules });
   const server = serve(app.fetch, { hostname: config.server.host, port: config.server.port });
   const log = getLog("main");
   let statusTimer: ReturnType<typeof setInterval> | undefined;

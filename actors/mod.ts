@@ -10,6 +10,8 @@ import { STAGES } from "../lib/schemas.ts";
 import type { StageDeps } from "./_stage_deps.ts";
 import type { Config } from "../lib/config.ts";
 import type { History } from "../lib/history.ts";
+import type { AlertBook } from "../lib/alerts.ts";
+import type { AlertRuleSpec } from "./alert_rule.ts";
 import { FaultInjector } from "../lib/faults.ts";
 import { getLog } from "../lib/log.ts";
 import type { Metrics } from "../lib/metrics.ts";
@@ -57,6 +59,24 @@ export interface MonitorOptions {
   intervalMs: number;
   /** Extra figures to record at each sample (HTTP, records/s…). */
   read?: () => Record<string, number>;
+  /** Alert rules, each run by its own actor under the monitor. */
+  rules?: AlertRuleSpec[];
+  /** Where the rules write their alerts. */
+  book?: AlertBook;
+  /** Evaluation period of the rules, ms. @default 1000 */
+  evaluationIntervalMs?: number;
+}
+
+/** One rule as `GET /v1/alerts/rules` shows it. */
+export interface RuleStatus {
+  name: string;
+  state: string;
+  severity: string;
+  summary: string;
+  for_ms: number;
+  keep_firing_for_ms: number;
+  value: number | null;
+  description: string | null;
 }
 
 /** A running actor system: the root supervisor and the state that outlives its actors. */
@@ -82,6 +102,9 @@ export class TroupeSystem {
           },
           policy: deps.config.supervisor,
           log: deps.log,
+          rules: monitor.rules,
+          book: monitor.book,
+          evaluationIntervalMs: monitor.evaluationIntervalMs,
         },
       },
       systemId: "root",
@@ -101,16 +124,49 @@ export class TroupeSystem {
    */
   readings(): Record<string, number> {
     const out: Record<string, number> = { in_flight_records: this.load };
+    let fill = 0;
+    let restarts = 0;
     for (const s of STAGES) {
-      out[`mailbox_depth_${s}`] = this.runtimes[s].mailbox.depth;
-      out[`workers_${s}`] = this.runtimes[s].workers;
+      const rt = this.runtimes[s];
+      out[`mailbox_depth_${s}`] = rt.mailbox.depth;
+      out[`workers_${s}`] = rt.workers;
+      fill = Math.max(fill, rt.mailbox.fill);
+      restarts += rt.workerRestarts + rt.poolRestarts;
     }
+    out.mailbox_fill_max = fill;
+    out.actor_restarts_total = restarts;
     const count = (n: ActorNode) => {
       out[`actors_${n.type}`] = (out[`actors_${n.type}`] ?? 0) + 1;
       n.children.forEach(count);
     };
     count(this.tree());
     return out;
+  }
+
+  /** The alert rules run by the monitor, with their state and last evaluation. */
+  alertRules(rules: readonly AlertRuleSpec[]): RuleStatus[] {
+    return rules.map((spec) => {
+      const snapshot = this.root.system.get(`alert.${spec.name}`)?.getSnapshot();
+      const alert = (snapshot?.value as { alert?: string | Record<string, unknown> } | undefined)
+        ?.alert;
+      const last =
+        (snapshot?.context as { last?: { value: number | null; description: string } } | undefined)
+          ?.last;
+      return {
+        name: spec.name,
+        state: alert === undefined
+          ? "stopped"
+          : typeof alert === "string"
+          ? alert
+          : Object.keys(alert)[0],
+        severity: spec.severity,
+        summary: spec.summary,
+        for_ms: spec.forMs,
+        keep_firing_for_ms: spec.keepFiringForMs,
+        value: last?.value ?? null,
+        description: last?.description ?? null,
+      };
+    });
   }
 
   /** Starts the supervision tree. */

@@ -1,19 +1,23 @@
 /**
  * @module
  * The monitor supervisor: watches the process so the pipeline does not have
- * to. Today it runs the collector; alert checkers join it here.
+ * to. It runs the collector and one alert rule actor per rule (the alerts
+ * supervisor of seed 001's alert manager).
  *
  * ```
  * monitor (systemId "monitor")
- * └── collector (systemId "collector") ── lag_probe
+ * ├── collector (systemId "collector") ── lag_probe
+ * ├── alert.MemoryLeak   (systemId "alert.MemoryLeak")
+ * ├── alert.CpuSpike
+ * └── …                  one per built-in or configured rule
  * ```
  *
  * Restart strategy: one for one, exponential backoff, the `supervisor`
  * intensity. Past it the monitor crashes and the root supervisor restarts
  * it; the pipeline is never touched by a monitoring failure.
  *
- * Events in: `collector.respawn` (its own, delayed) and
- * `xstate.error.actor.collector`.
+ * Events in: `child.respawn` (its own, delayed) and
+ * `xstate.error.actor.*` from its children.
  */
 import { assign, enqueueActions, setup } from "xstate";
 import type { Logger } from "@logtape/logtape";
@@ -23,6 +27,8 @@ import {
   type RestartMemory,
   type RestartPolicy,
 } from "../lib/backoff.ts";
+import type { AlertBook } from "../lib/alerts.ts";
+import { alertRuleMachine, type AlertRuleSpec } from "./alert_rule.ts";
 import { type CollectorInput, collectorMachine } from "./collector.ts";
 
 /** Input of the monitor supervisor. */
@@ -30,49 +36,80 @@ export interface MonitorInput {
   collector: CollectorInput;
   policy: RestartPolicy;
   log: Logger;
+  /** Alert rules, each run by its own actor. */
+  rules?: AlertRuleSpec[];
+  book?: AlertBook;
+  /** Evaluation period of the rules, ms. */
+  evaluationIntervalMs?: number;
 }
 
 /** Events the monitor accepts. */
 export type MonitorEvent =
-  | { type: "collector.respawn" }
-  | { type: "xstate.error.actor.collector"; error: unknown };
+  | { type: "child.respawn"; id: string }
+  | { type: "xstate.error.actor.*"; error: unknown };
 
-/** Supervisor of the collector (and, later, the alert checkers). */
+/** Supervisor of the collector and the alert rules. */
 export const monitorMachine = setup({
   types: {
     context: {} as MonitorInput & RestartMemory,
     events: {} as MonitorEvent,
     input: {} as MonitorInput,
   },
-  actors: { collector: collectorMachine },
+  actors: { collector: collectorMachine, rule: alertRuleMachine },
   actions: {
-    spawnCollector: assign(({ context, spawn }) => {
-      spawn("collector", { id: "collector", systemId: "collector", input: context.collector });
+    spawnChild: assign(({ context, spawn }, id: string) => {
+      if (id === "collector") {
+        spawn("collector", { id, systemId: id, input: context.collector });
+        return {};
+      }
+      const spec = context.rules?.find((r) => `alert.${r.name}` === id);
+      if (spec !== undefined && context.book !== undefined) {
+        spawn("rule", {
+          id,
+          systemId: id,
+          input: {
+            spec,
+            history: context.collector.history,
+            book: context.book,
+            intervalMs: context.evaluationIntervalMs ?? 1000,
+            now: context.collector.now,
+          },
+        });
+      }
       return {};
     }),
   },
 }).createMachine({
   id: "monitor",
   context: ({ input }) => ({ ...input, ...freshRestartMemory(input.policy) }),
-  entry: "spawnCollector",
+  entry: enqueueActions(({ context, enqueue }) => {
+    enqueue({ type: "spawnChild", params: "collector" });
+    for (const r of context.rules ?? []) enqueue({ type: "spawnChild", params: `alert.${r.name}` });
+  }),
   on: {
-    "collector.respawn": { actions: "spawnCollector" },
-    "xstate.error.actor.collector": {
+    "child.respawn": {
+      actions: enqueueActions(({ event, enqueue }) =>
+        enqueue({ type: "spawnChild", params: event.id })
+      ),
+    },
+    "xstate.error.actor.*": {
       actions: enqueueActions(({ context, event, enqueue }) => {
+        const id = (event.type as string).slice("xstate.error.actor.".length);
         const reason = event.error instanceof Error ? event.error.message : String(event.error);
-        enqueue.stopChild("collector");
+        enqueue.stopChild(id);
         const { exceeded, delayMs, memory } = planRestart(context, context.policy, Date.now());
         if (exceeded) {
-          throw new Error(`Monitor gave up: the collector keeps crashing, last: ${reason}`, {
+          throw new Error(`Monitor gave up: ${id} keeps crashing, last: ${reason}`, {
             cause: event.error,
           });
         }
-        context.log.warn("Collector crashed: {reason}; restarting in {delayMs} ms", {
+        context.log.warn("{id} crashed: {reason}; restarting in {delayMs} ms", {
+          id,
           reason,
           delayMs,
         });
         enqueue.assign(memory);
-        enqueue.raise({ type: "collector.respawn" }, { delay: delayMs });
+        enqueue.raise({ type: "child.respawn", id }, { delay: delayMs });
       }),
     },
   },

@@ -101,6 +101,8 @@ export interface Metrics {
   storedRecords: Gauge;
   /** `troupe_circuit_breaker_state{name}`: 0 closed, 1 half open, 2 open. */
   breakerState: Gauge<"name">;
+  /** `ALERTS{alertname,alertstate,severity}`: 1 per pending or firing alert, as Prometheus names it. */
+  alerts: Gauge<"alertname" | "alertstate" | "severity">;
 }
 
 /** Options of {@linkcode createMetrics}. */
@@ -225,5 +227,11 @@ export function createMetrics(options: CreateMetricsOptions = {}): Metrics {
       registers,
     }),
     breakerState,
+    alerts: new Gauge({
+      name: "ALERTS",
+      help: "Pending and firing alerts of troupe's own rules, 1 each.",
+      labelNames: ["alertname", "alertstate", "severity"] as const,
+      registers,
+    }),
   };
 }

@@ -6,11 +6,15 @@
  * |---|---|
  * | `GET /v1/metrics/history` | `{"series":[names]}` |
  * | `GET /v1/metrics/history?name=&from=&to=&step=` | `{"name","from","to","step_ms","points":[{"t","min","mean","max","count"}]}`; `from`/`to` are epoch ms or ISO 8601 (default: the last 15 minutes), `step` in ms or like `1s`, `1m` (default 1 s) |
+ * | `GET /v1/alerts` | `{"active":[alerts],"resolved":[alerts]}`; an alert has `id`, `name`, `state`, `severity`, `summary`, `description`, `labels`, `value`, `starts_at`, `ends_at`, `suggested_actions` |
+ * | `GET /v1/alerts/rules` | `{"rules":[{"name","state","severity","summary","for_ms","keep_firing_for_ms","value","description"}]}` |
  * | `POST /v1/metrics/custom` | `{"name","value","labels","type":"gauge|counter"}` → 200 `{"series"}`; 422 past the series bound |
  */
 import { Hono } from "hono";
 import * as v from "valibot";
 import { CustomMetric, type CustomMetrics } from "../lib/custom_metrics.ts";
+import type { RuleStatus } from "../actors/mod.ts";
+import type { AlertBook } from "../lib/alerts.ts";
 import type { History } from "../lib/history.ts";
 import { ApiError } from "./_errors.ts";
 import type { AppEnv } from "./_middleware.ts";
@@ -49,12 +53,23 @@ export function parseStep(raw: string | undefined, fallback: number): number {
   return ms;
 }
 
-/** History and custom metric routes. */
-export function createMonitorRoutes(
-  deps: { history: History; custom: CustomMetrics },
-): Hono<AppEnv> {
-  const { history, custom } = deps;
+/** What the monitor routes read. */
+export interface MonitorRouteDeps {
+  history: History;
+  custom: CustomMetrics;
+  book: AlertBook;
+  /** The rules with their state. */
+  rules: () => RuleStatus[];
+}
+
+/** History, alert and custom metric routes. */
+export function createMonitorRoutes(deps: MonitorRouteDeps): Hono<AppEnv> {
+  const { history, custom, book, rules } = deps;
   const app = new Hono<AppEnv>();
+
+  app.get("/v1/alerts", (c) => c.json({ active: book.active(), resolved: book.resolved() }));
+
+  app.get("/v1/alerts/rules", (c) => c.json({ rules: rules() }));
 
   app.get("/v1/metrics/history", (c) => {
     const name = c.req.query("name");

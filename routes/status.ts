@@ -8,6 +8,7 @@ import process from "node:process";
 import type { ActorNode, TroupeSystem } from "../actors/mod.ts";
 import { type Metrics, PROMETHEUS_CONTENT_TYPE } from "../lib/metrics.ts";
 import { STAGES } from "../lib/schemas.ts";
+import type { AlertBook } from "../lib/alerts.ts";
 import type { IngestStats } from "../lib/stats.ts";
 import type { StoreReader } from "../lib/store.ts";
 import type { AppEnv } from "./_middleware.ts";
@@ -23,8 +24,10 @@ export function createStatusRoutes(deps: {
   reader: StoreReader;
   metrics: Metrics;
   stats: IngestStats;
+  /** Alerts to expose as `ALERTS`. */
+  book?: AlertBook;
 }): Hono<AppEnv> {
-  const { system, reader, metrics, stats } = deps;
+  const { system, reader, metrics, stats, book } = deps;
   const app = new Hono<AppEnv>();
 
   app.get("/v1/stats", async (c) => {
@@ -65,6 +68,10 @@ export function createStatusRoutes(deps: {
       metrics.mailboxDepth.set({ stage: s }, rt.mailbox.depth);
       metrics.mailboxCapacity.set({ stage: s }, rt.mailbox.capacity);
       metrics.stageWorkers.set({ stage: s }, rt.workers);
+    }
+    metrics.alerts.reset();
+    for (const a of book?.active() ?? []) {
+      metrics.alerts.set({ alertname: a.name, alertstate: a.state, severity: a.severity }, 1);
     }
     return c.body(await metrics.registry.metrics(), 200, {
       "content-type": PROMETHEUS_CONTENT_TYPE,

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { getJson, startTestService, waitFor } from "../_helpers.ts";
+import { FaultInjector } from "../../lib/faults.ts";
+import { getJson, makeRecords, postRecords, startTestService, waitFor } from "../_helpers.ts";
 
 Deno.test("the collector fills /v1/metrics/history and custom metrics reach /metrics", async (t) => {
   const svc = await startTestService();
@@ -85,6 +86,71 @@ Deno.test("the collector fills /v1/metrics/history and custom metrics reach /met
       assert.equal(conflict.status, 422);
       assert.equal((await conflict.json()).error.code, "metric_conflict");
     });
+  } finally {
+    await svc.close();
+  }
+});
+
+Deno.test("a crash storm fires the ActorRestarts alert on /v1/alerts and as ALERTS on /metrics", async () => {
+  const faults = new FaultInjector();
+  const svc = await startTestService({
+    supervisor: { max_restarts: 1000, within_ms: 60_000, backoff_initial_ms: 1, backoff_max_ms: 2 },
+    pipeline: { max_attempts: 100 },
+  }, faults);
+  try {
+    const rules = await getJson(svc.url, "/v1/alerts/rules");
+    const names = rules.body.rules.map((r: { name: string }) => r.name);
+    for (
+      const n of [
+        "MemoryLeak",
+        "CpuSpike",
+        "ActorLeak",
+        "EventLoopLag",
+        "MailboxSaturated",
+        "HighRejectRate",
+        "ActorRestarts",
+      ]
+    ) {
+      assert.ok(names.includes(n), n);
+    }
+    assert.ok(rules.body.rules.every((r: { state: string }) => r.state === "inactive"));
+    // Let the collector take a baseline sample, then crash the transform stage 15 times.
+    await waitFor(
+      async () =>
+        (await getJson(svc.url, "/v1/metrics/history")).body.series.includes(
+          "actor_restarts_total",
+        ),
+      5000,
+      "a sample",
+    );
+    faults.set({ stages: { transform: { throw_count: 15 } } });
+    assert.equal((await postRecords(svc.url, makeRecords(20, "storm"))).status, 200);
+    await waitFor(
+      async () => {
+        const alerts = await getJson(svc.url, "/v1/alerts");
+        return alerts.body.active.some((a: { name: string; state: string }) =>
+          a.name === "ActorRestarts" && a.state === "firing"
+        );
+      },
+      10_000,
+      "ActorRestarts to fire",
+    );
+    const { body } = await getJson(svc.url, "/v1/alerts");
+    const alert = body.active.find((a: { name: string }) => a.name === "ActorRestarts");
+    assert.equal(alert.severity, "critical");
+    assert.ok(alert.value > 10);
+    assert.ok(alert.suggested_actions.length > 0);
+    assert.equal(alert.ends_at, null);
+    const text = await (await fetch(`${svc.url}/metrics`)).text();
+    assert.match(
+      text,
+      /^ALERTS\{alertname="ActorRestarts",alertstate="firing",severity="critical"\} 1$/m,
+    );
+    const after = await getJson(svc.url, "/v1/alerts/rules");
+    assert.equal(
+      after.body.rules.find((r: { name: string }) => r.name === "ActorRestarts").state,
+      "firing",
+    );
   } finally {
     await svc.close();
   }
