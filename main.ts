@@ -46,7 +46,7 @@ import { createMonitorRoutes } from "./routes/monitor.ts";
 import { History } from "./lib/history.ts";
 import { CustomMetrics } from "./lib/custom_metrics.ts";
 import { AlertBook } from "./lib/alerts.ts";
-import { type AlertRuleSpec, builtinRules } from "./actors/alert_rule.ts";
+import { type AlertRuleSpec, builtinRules, rulesFromConfig } from "./actors/alert_rule.ts";
 import { getHeapStatistics } from "node:v8";
 import { accessLog, type AppEnv, httpMetrics, requestId } from "./routes/_middleware.ts";
 import { createHealthRoutes } from "./routes/health.ts";
@@ -163,6 +163,10 @@ function ingestReadings(stats: IngestStats): () => Record<string, number> {
       ingest_errors_per_second: (stats.failedRequests - last.failed) / seconds,
       ingest_latency_mean_ms: latency.mean,
       ingest_latency_p99_ms: latency.p99,
+      // Prometheus-style names, so config rules can say `metric: troupe_records_total`.
+      'troupe_records_total{outcome="accepted"}': stats.accepted,
+      'troupe_records_total{outcome="duplicate"}': stats.duplicates,
+      'troupe_records_total{outcome="rejected"}': stats.rejected,
       records_rejected_ratio: ratio(
         stats.rejected - last.rejected,
         stats.processed - last.processed,
@@ -192,12 +196,24 @@ export function startService(config: Config, faults?: FaultInjector): Service {
   const history = new History();
   const custom = new CustomMetrics(metrics.registry, { history });
   const book = new AlertBook();
-  const rules = builtinRules({ heapLimitBytes: getHeapStatistics().heap_size_limit });
+  const rules = [
+    ...builtinRules({ heapLimitBytes: getHeapStatistics().heap_size_limit }),
+    ...rulesFromConfig(config.alerts.rules),
+  ];
   const system = startSystem({
     config,
     metrics,
     faults,
-    monitor: { history, intervalMs: 1000, read: ingestReadings(stats), rules, book },
+    monitor: config.monitor.enabled
+      ? {
+        history,
+        intervalMs: config.monitor.interval_ms,
+        read: ingestReadings(stats),
+        rules,
+        book,
+        evaluationIntervalMs: config.alerts.evaluation_interval,
+      }
+      : undefined,
   });
   const app = createApp({ system, reader, metrics, stats, config, history, custom, book, rules });
   const server = serve(app.fetch, { hostname: config.server.host, port: config.server.port });

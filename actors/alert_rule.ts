@@ -28,6 +28,7 @@ import {
   threshold,
 } from "../lib/alert_rules.ts";
 import type { AlertBook, Severity } from "../lib/alerts.ts";
+import type { AlertRuleConfig } from "../lib/config.ts";
 import type { History } from "../lib/history.ts";
 
 /** What a rule is. */
@@ -334,4 +335,33 @@ export function builtinRules(o: BuiltinRuleOptions): AlertRuleSpec[] {
       }),
     },
   ];
+}
+
+/** The history series of `metric` with `labels`: `name{a="x",b="y"}`, labels sorted. */
+export function seriesKey(metric: string, labels: Record<string, string>): string {
+  const keys = Object.keys(labels).sort();
+  return keys.length === 0
+    ? metric
+    : `${metric}{${keys.map((k) => `${k}=${JSON.stringify(labels[k])}`).join(",")}}`;
+}
+
+/** Threshold rules from the `alerts.rules` config section. */
+export function rulesFromConfig(rules: readonly AlertRuleConfig[]): AlertRuleSpec[] {
+  return rules.map((r) => ({
+    name: r.name,
+    severity: r.severity,
+    summary: r.summary,
+    suggestedActions: r.suggested_actions,
+    labels: { ...r.labels },
+    forMs: r.for,
+    keepFiringForMs: r.keep_firing_for,
+    evaluate: threshold({
+      metric: seriesKey(r.metric, r.labels),
+      fn: r.function,
+      windowMs: r.window,
+      op: r.op,
+      threshold: r.threshold,
+      resolveThreshold: r.resolve_threshold ?? undefined,
+    }),
+  }));
 }

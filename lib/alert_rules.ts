@@ -28,7 +28,9 @@ export type Evaluator = (history: History, now: number) => Evaluation;
 const NO_DATA: Evaluation = { value: null, breach: false, clear: true, description: "no data" };
 
 /** Least-squares fit of `y` on `x`: slope, intercept and R². */
-export function linearFit(points: ReadonlyArray<[number, number]>): { slope: number; intercept: number; r2: number } {
+export function linearFit(
+  points: ReadonlyArray<[number, number]>,
+): { slope: number; intercept: number; r2: number } {
   const n = points.length;
   if (n < 2) return { slope: 0, intercept: points[0]?.[1] ?? 0, r2: 0 };
   let sx = 0, sy = 0;
@@ -50,7 +52,10 @@ export function linearFit(points: ReadonlyArray<[number, number]>): { slope: num
 }
 
 /** The lowest sample of each bucket of `bucketMs`: the floor after garbage collections. */
-export function bucketFloors(samples: ReadonlyArray<[number, number]>, bucketMs: number): Array<[number, number]> {
+export function bucketFloors(
+  samples: ReadonlyArray<[number, number]>,
+  bucketMs: number,
+): Array<[number, number]> {
   const floors = new Map<number, number>();
   for (const [t, v] of samples) {
     const b = Math.floor(t / bucketMs) * bucketMs;
@@ -83,7 +88,10 @@ export interface MemoryLeakOptions {
  */
 export function memoryLeak(o: MemoryLeakOptions): Evaluator {
   return (history, now) => {
-    const floors = bucketFloors(history.samples("heap_used_bytes", now - o.windowMs, now), o.bucketMs);
+    const floors = bucketFloors(
+      history.samples("heap_used_bytes", now - o.windowMs, now),
+      o.bucketMs,
+    );
     if (floors.length < o.minBuckets) return NO_DATA;
     const { slope, r2 } = linearFit(floors.map(([t, v]) => [t / 1000, v]));
     const first = floors[0][1], last = floors[floors.length - 1][1];
@@ -95,9 +103,16 @@ export function memoryLeak(o: MemoryLeakOptions): Evaluator {
       value: growth,
       breach,
       clear: !(slope > 0 && r2 > o.minR2 / 2 && growth > o.minGrowth / 2),
-      description: `heap floor ${breach ? "rising" : "changing"} ${(perMinute / 1048576).toFixed(2)} MiB/min ` +
-        `(R² ${r2.toFixed(2)}, +${(growth * 100).toFixed(1)}% over ${Math.round(o.windowMs / 60000)} min)` +
-        (Number.isFinite(toLimitS) && slope > 0 ? `; heap limit in about ${Math.round(toLimitS / 60)} min` : ""),
+      description:
+        `heap floor ${breach ? "rising" : "changing"} ${
+          (perMinute / 1048576).toFixed(2)
+        } MiB/min ` +
+        `(R² ${r2.toFixed(2)}, +${(growth * 100).toFixed(1)}% over ${
+          Math.round(o.windowMs / 60000)
+        } min)` +
+        (Number.isFinite(toLimitS) && slope > 0
+          ? `; heap limit in about ${Math.round(toLimitS / 60)} min`
+          : ""),
     };
   };
 }
@@ -143,8 +158,13 @@ export function cpuSpike(o: CpuSpikeOptions): Evaluator {
       value: cpu[n - 1],
       breach,
       clear: !recent.some((c) => c > band && c > o.floor),
-      description: `process CPU ${(cpu[n - 1] * 100).toFixed(0)}% of a core (lowest of the last ${o.samples}: ` +
-        `${(lowest * 100).toFixed(0)}%), band ${(band * 100).toFixed(0)}% (EWMA ${(mean * 100).toFixed(0)}% + ${o.sigmas}σ)`,
+      description:
+        `process CPU ${
+          (cpu[n - 1] * 100).toFixed(0)
+        }% of a core (lowest of the last ${o.samples}: ` +
+        `${(lowest * 100).toFixed(0)}%), band ${(band * 100).toFixed(0)}% (EWMA ${
+          (mean * 100).toFixed(0)
+        }% + ${o.sigmas}σ)`,
     };
   };
 }
@@ -180,10 +200,16 @@ export function actorLeak(o: ActorLeakOptions): Evaluator {
         value: last,
         breach,
         clear: !breach,
-        description: `${name.slice("actors_".length)} actors ${first} → ${last} in ${Math.round(o.windowMs / 60000)} min` +
+        description:
+          `${name.slice("actors_".length)} actors ${first} → ${last} in ${
+            Math.round(o.windowMs / 60000)
+          } min` +
           (breach ? ", still growing" : ""),
       };
-      if (worst === NO_DATA || (e.breach && !worst.breach) || (e.value ?? 0) > (worst.value ?? 0) && e.breach === worst.breach) {
+      if (
+        worst === NO_DATA || (e.breach && !worst.breach) ||
+        (e.value ?? 0) > (worst.value ?? 0) && e.breach === worst.breach
+      ) {
         worst = e;
       }
     }
@@ -221,7 +247,12 @@ export function threshold(o: ThresholdOptions): Evaluator {
     const breach = test(value, o.threshold);
     // Hysteresis: clear only once past the resolve threshold the other way.
     const clear = above ? value <= resolve && !breach : value >= resolve && !breach;
-    return { value, breach, clear, description: `${o.fn}(${o.metric}) = ${round(value)} ${o.op} ${o.threshold}` };
+    return {
+      value,
+      breach,
+      clear,
+      description: `${o.fn}(${o.metric}) = ${round(value)} ${o.op} ${o.threshold}`,
+    };
   };
 }
 

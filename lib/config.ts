@@ -104,6 +104,75 @@ function stage(
   );
 }
 
+/** A duration: ms as a number, or a string like `500ms`, `1s`, `2m`, `1h`. */
+function duration(defaultValue: number) {
+  return v.nullish(
+    v.pipe(
+      v.union([v.number(), v.string()], "must be ms or a duration like 1s, 2m, 1h"),
+      v.rawTransform(({ dataset, addIssue, NEVER }) => {
+        const ms = parseDuration(dataset.value);
+        if (ms === undefined) {
+          addIssue({ message: "must be ms or a duration like 1s, 2m, 1h" });
+          return NEVER;
+        }
+        return ms;
+      }),
+    ),
+    defaultValue,
+  );
+}
+
+/** Milliseconds of `500`, `"500ms"`, `"1s"`, `"2m"`, `"1h"`; `undefined` otherwise. */
+export function parseDuration(raw: number | string): number | undefined {
+  if (typeof raw === "number") return Number.isSafeInteger(raw) && raw >= 0 ? raw : undefined;
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(raw.trim());
+  if (m === null) return undefined;
+  const ms = Number(m[1]) *
+    { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 }[m[2] as "ms" | "s" | "m" | "h"];
+  return Number.isSafeInteger(Math.round(ms)) ? Math.round(ms) : undefined;
+}
+
+/** One custom threshold rule (`alerts.rules[]`). */
+export const AlertRuleConfig = v.strictObject({
+  /** Alert name, like `IngestStalled`. */
+  name: v.pipe(
+    v.string("must be a string"),
+    v.regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "must be a name like IngestStalled"),
+  ),
+  /** A series of the history, e.g. `troupe_records_total` or `rss_bytes`. */
+  metric: v.pipe(v.string("must be a string"), v.nonEmpty("must not be empty")),
+  /** Labels of the series, e.g. `{ outcome: accepted }`. @default {} */
+  labels: v.nullish(v.record(v.string(), v.string()), {}),
+  /** `value` (latest), `mean`, `rate` (per second) or `increase` over the window. @default "value" */
+  function: v.nullish(
+    v.picklist(["value", "mean", "rate", "increase"], "must be value, mean, rate or increase"),
+    "value",
+  ),
+  /** Window of `mean`, `rate` and `increase`. @default 60000 */
+  window: duration(60_000),
+  /** Comparison. */
+  op: v.picklist([">", ">=", "<", "<="], 'must be ">", ">=", "<" or "<="'),
+  threshold: v.pipe(v.number("must be a number"), v.finite("must be finite")),
+  /** Where the alert clears (hysteresis); defaults to the threshold. @default null */
+  resolve_threshold: v.nullish(
+    v.pipe(v.number("must be a number"), v.finite("must be finite")),
+    null,
+  ),
+  /** How long the condition must hold before firing. @default 0 */
+  for: duration(0),
+  /** How long a fired alert keeps firing after the condition cleared. @default 0 */
+  keep_firing_for: duration(0),
+  /** @default "warning" */
+  severity: v.nullish(
+    v.picklist(["info", "warning", "critical"], "must be info, warning or critical"),
+    "warning",
+  ),
+  summary: v.nullish(v.string("must be a string"), ""),
+  /** @default [] */
+  suggested_actions: v.nullish(v.array(v.string("must be a string")), []),
+});
+export type AlertRuleConfig = v.InferOutput<typeof AlertRuleConfig>;
+
 /**
  * The troupe configuration. Parse it with {@linkcode parseConfig}, or load a
  * file with {@linkcode loadConfig}; both fill in every default.
@@ -389,6 +458,53 @@ export const Config = v.strictObject({
        * @default false
        */
       protect_metrics: v.nullish(v.boolean("must be true or false"), false),
+    }, "must be a mapping"),
+    {},
+  ),
+  /** The monitor: the collector's sampling of the process and the pipeline. */
+  monitor: v.nullish(
+    v.strictObject({
+      /**
+       * Run the monitor supervisor (collector and alert rules).
+       * @default true
+       */
+      enabled: v.nullish(v.boolean("must be true or false"), true),
+      /**
+       * Sampling period of the collector, 1 to 5 s.
+       * @default 1000
+       */
+      interval_ms: integer(1_000, 1_000, 5_000),
+    }, "must be a mapping"),
+    {},
+  ),
+  /** Alert rules and where their alerts go. */
+  alerts: v.nullish(
+    v.strictObject({
+      /**
+       * How often every rule is evaluated: ms, or a duration like `1s`.
+       * @default 1000
+       */
+      evaluation_interval: duration(1_000),
+      /**
+       * Alertmanager to notify (`POST /api/v2/alerts`), e.g. `http://127.0.0.1:9093`.
+       * @default null
+       */
+      alertmanager_url: v.nullish(
+        v.pipe(v.string("must be a string"), v.url("must be a URL")),
+        null,
+      ),
+      /**
+       * A webhook that receives Alertmanager's webhook v4 payload.
+       * @default null
+       */
+      webhook_url: v.nullish(v.pipe(v.string("must be a string"), v.url("must be a URL")), null),
+      /**
+       * How often firing alerts are sent again.
+       * @default 30000
+       */
+      resend_interval: duration(30_000),
+      /** Threshold rules on any series of `GET /v1/metrics/history`. @default [] */
+      rules: v.nullish(v.array(AlertRuleConfig, "must be a list"), []),
     }, "must be a mapping"),
     {},
   ),

@@ -17,6 +17,7 @@ import {
   loadConfig,
   parseConfig,
   parseConfigText,
+  parseDuration,
 } from "../../lib/config.ts";
 
 const DEFAULTS: Config = {
@@ -47,6 +48,14 @@ const DEFAULTS: Config = {
   idempotency: { window_ms: 3_600_000, max_keys: 10_000, max_bytes: 67_108_864 },
   auth: { token: null, protect_metrics: false },
   faults: { stages: {}, poison_ids: [], storage_outage_ms: 0, poison_stages: ["transform"] },
+  monitor: { enabled: true, interval_ms: 1000 },
+  alerts: {
+    evaluation_interval: 1000,
+    alertmanager_url: null,
+    webhook_url: null,
+    resend_interval: 30_000,
+    rules: [],
+  },
 };
 
 function valueOf(result: ConfigResult): Config {
@@ -152,7 +161,7 @@ Deno.test("loadConfig reads a YAML file and a JSON file", async (t) => {
             validate: { min_workers: 2, max_workers: 8, mailbox_capacity: 20_000 },
           },
         },
-        storage: { synchronous: "normal" },
+        storage: { ...DEFAULTS.storage, synchronous: "normal" },
       });
     });
     await t.step("JSON", async () => {
@@ -553,5 +562,62 @@ Deno.test("parseConfig keeps every valid value it is given", () => {
       assert.deepEqual(config.autoscale, { ...DEFAULTS.autoscale, ...input.autoscale });
     }),
     { numRuns: 300 },
+  );
+});
+
+Deno.test("parseDuration reads ms and durations like 1s, 2m, 1h", () => {
+  assert.equal(parseDuration(500), 500);
+  assert.equal(parseDuration("500ms"), 500);
+  assert.equal(parseDuration("1s"), 1000);
+  assert.equal(parseDuration("1.5s"), 1500);
+  assert.equal(parseDuration("2m"), 120_000);
+  assert.equal(parseDuration("1h"), 3_600_000);
+  for (const bad of ["soon", "1d", "-1s", "", -5, 1.5]) {
+    assert.equal(parseDuration(bad), undefined, String(bad));
+  }
+});
+
+Deno.test("the alerts section takes issue 5's example rule", () => {
+  const r = parseConfigText(
+    [
+      "alerts:",
+      "  evaluation_interval: 1s",
+      "  alertmanager_url: http://127.0.0.1:9093",
+      "  rules:",
+      "    - name: IngestStalled",
+      "      metric: troupe_records_total",
+      "      labels: { outcome: accepted }",
+      "      function: rate",
+      "      window: 1m",
+      '      op: "<"',
+      "      threshold: 1",
+      "      for: 2m",
+      "      keep_firing_for: 1m",
+      "      severity: warning",
+      '      summary: "No records accepted for 2 minutes"',
+    ].join("\n"),
+    "troupe.yaml",
+  );
+  const cfg = valueOf(r);
+  assert.equal(cfg.alerts.evaluation_interval, 1000);
+  assert.equal(cfg.alerts.alertmanager_url, "http://127.0.0.1:9093");
+  const [rule] = cfg.alerts.rules;
+  assert.deepEqual(
+    {
+      fn: rule.function,
+      window: rule.window,
+      for: rule.for,
+      keep: rule.keep_firing_for,
+      labels: rule.labels,
+    },
+    { fn: "rate", window: 60_000, for: 120_000, keep: 60_000, labels: { outcome: "accepted" } },
+  );
+  const bad = parseConfig({
+    alerts: { rules: [{ name: "X", metric: "m", op: "!=", threshold: 1 }] },
+  });
+  assert.equal(errorAt(bad, "alerts.rules.0.op").path, "alerts.rules.0.op");
+  assert.match(
+    errorAt(parseConfig({ monitor: { interval_ms: 10_000 } }), "monitor.interval_ms").message,
+    /at most 5000/,
   );
 });

@@ -155,3 +155,55 @@ Deno.test("a crash storm fires the ActorRestarts alert on /v1/alerts and as ALER
     await svc.close();
   }
 });
+
+Deno.test("a threshold rule from the alerts config fires on troupe_records_total", async () => {
+  const svc = await startTestService({
+    alerts: {
+      rules: [{
+        name: "BurstOfRecords",
+        metric: "troupe_records_total",
+        labels: { outcome: "accepted" },
+        function: "increase",
+        window: "10s",
+        op: ">",
+        threshold: 50,
+        severity: "info",
+        summary: "More than 50 records in 10 s",
+      }],
+    },
+  });
+  try {
+    assert.equal((await postRecords(svc.url, makeRecords(20, "few"))).status, 200);
+    await new Promise((r) => setTimeout(r, 2200));
+    assert.equal(
+      (await getJson(svc.url, "/v1/alerts")).body.active.length,
+      0,
+      "20 records stay under the threshold",
+    );
+    assert.equal((await postRecords(svc.url, makeRecords(100, "many"))).status, 200);
+    await waitFor(
+      async () => {
+        const { body } = await getJson(svc.url, "/v1/alerts");
+        return body.active.some((a: { name: string; state: string }) =>
+          a.name === "BurstOfRecords" && a.state === "firing"
+        );
+      },
+      10_000,
+      "BurstOfRecords to fire",
+    );
+    const { body } = await getJson(svc.url, "/v1/alerts");
+    const alert = body.active.find((a: { name: string }) => a.name === "BurstOfRecords");
+    assert.equal(alert.severity, "info");
+    assert.deepEqual(alert.labels, {
+      alertname: "BurstOfRecords",
+      severity: "info",
+      outcome: "accepted",
+    });
+    assert.match(
+      alert.description,
+      /increase\(troupe_records_total\{outcome="accepted"\}\) = \d+ > 50/,
+    );
+  } finally {
+    await svc.close();
+  }
+});
