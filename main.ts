@@ -46,6 +46,7 @@ import { createMonitorRoutes } from "./routes/monitor.ts";
 import { History } from "./lib/history.ts";
 import { CustomMetrics } from "./lib/custom_metrics.ts";
 import { AlertBook } from "./lib/alerts.ts";
+import { HistoryStore, MinuteFlusher } from "./lib/history_store.ts";
 import { type AlertRuleSpec, builtinRules, rulesFromConfig } from "./actors/alert_rule.ts";
 import { getHeapStatistics } from "node:v8";
 import { accessLog, type AppEnv, httpMetrics, requestId } from "./routes/_middleware.ts";
@@ -69,11 +70,12 @@ export interface AppDeps {
   custom: CustomMetrics;
   book: AlertBook;
   rules: AlertRuleSpec[];
+  store?: HistoryStore;
 }
 
 /** Builds the Hono app: middleware, every route, the JSON error handlers. */
 export function createApp(deps: AppDeps): Hono<AppEnv> {
-  const { system, reader, metrics, stats, config, history, custom, book, rules } = deps;
+  const { system, reader, metrics, stats, config, history, custom, book, rules, store } = deps;
   const app = new Hono<AppEnv>();
   app.use(requestId());
   app.use(httpMetrics(metrics));
@@ -123,7 +125,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   app.route("/", createStatusRoutes({ system, reader, metrics, stats, book }));
   app.route(
     "/",
-    createMonitorRoutes({ history, custom, book, rules: () => system.alertRules(rules) }),
+    createMonitorRoutes({ history, custom, book, rules: () => system.alertRules(rules), store }),
   );
   app.notFound(notFound);
   app.onError(onError(getLog("http")));
@@ -196,6 +198,7 @@ export function startService(config: Config, faults?: FaultInjector): Service {
   const history = new History();
   const custom = new CustomMetrics(metrics.registry, { history });
   const book = new AlertBook();
+  const store = new HistoryStore(path);
   const rules = [
     ...builtinRules({ heapLimitBytes: getHeapStatistics().heap_size_limit }),
     ...rulesFromConfig(config.alerts.rules),
@@ -212,10 +215,22 @@ export function startService(config: Config, faults?: FaultInjector): Service {
         rules,
         book,
         evaluationIntervalMs: config.alerts.evaluation_interval,
+        flusher: new MinuteFlusher(store, config.monitor.retention_days * 86_400_000, Date.now()),
       }
       : undefined,
   });
-  const app = createApp({ system, reader, metrics, stats, config, history, custom, book, rules });
+  const app = createApp({
+    system,
+    reader,
+    metrics,
+    stats,
+    config,
+    history,
+    custom,
+    book,
+    rules,
+    store,
+  });
   const server = serve(app.fetch, { hostname: config.server.host, port: config.server.port });
   const log = getLog("main");
   let statusTimer: ReturnType<typeof setInterval> | undefined;
@@ -250,6 +265,7 @@ export function startService(config: Config, faults?: FaultInjector): Service {
       ]);
       system.stop();
       await reader.close();
+      store.close();
       const ms = Date.now() - started;
       log.info(
         `Stopped in ${ms} ms; ${ok ? "every accepted batch committed" : "drain timed out"}`,

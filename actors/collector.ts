@@ -22,6 +22,7 @@ import { cpus } from "node:os";
 import process from "node:process";
 import { type EventObject, fromCallback, setup } from "xstate";
 import type { History } from "../lib/history.ts";
+import type { MinuteFlusher } from "../lib/history_store.ts";
 
 /** How late the probe's ticks were since the last sample, ms. */
 export class LagWindow {
@@ -66,6 +67,8 @@ export interface CollectorInput {
   read: () => Record<string, number>;
   /** Wall clock, epoch ms. @default Date.now */
   now?: () => number;
+  /** Writes each complete minute to SQLite (the downsampled history). */
+  flusher?: MinuteFlusher;
 }
 
 interface CpuTimes {
@@ -116,6 +119,7 @@ export function sampleInto(context: CollectorContext): void {
   for (const [name, value] of Object.entries(context.read())) {
     if (Number.isFinite(value)) h.record(name, now, value);
   }
+  context.flusher?.flush(h, now);
   context.samples++;
 }
 

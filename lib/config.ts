@@ -474,6 +474,11 @@ export const Config = v.strictObject({
        * @default 1000
        */
       interval_ms: integer(1_000, 1_000, 5_000),
+      /**
+       * Days of downsampled history (1-minute min/mean/max) kept in SQLite.
+       * @default 7
+       */
+      retention_days: integer(7, 1, 3650),
     }, "must be a mapping"),
     {},
   ),

@@ -5,7 +5,7 @@
  * | route | answer |
  * |---|---|
  * | `GET /v1/metrics/history` | `{"series":[names]}` |
- * | `GET /v1/metrics/history?name=&from=&to=&step=` | `{"name","from","to","step_ms","points":[{"t","min","mean","max","count"}]}`; `from`/`to` are epoch ms or ISO 8601 (default: the last 15 minutes), `step` in ms or like `1s`, `1m` (default 1 s) |
+ * | `GET /v1/metrics/history?name=&from=&to=&step=` | `{"name","from","to","step_ms","points":[{"t","min","mean","max","count"}]}`; `from`/`to` are epoch ms or ISO 8601 (default: the last 15 minutes), `step` in ms or like `1s`, `1m` (default 1 s). Steps of a minute or more also read the 1-minute history kept in SQLite (7 days) |
  * | `GET /v1/alerts` | `{"active":[alerts],"resolved":[alerts]}`; an alert has `id`, `name`, `state`, `severity`, `summary`, `description`, `labels`, `value`, `starts_at`, `ends_at`, `suggested_actions` |
  * | `GET /v1/alerts/rules` | `{"rules":[{"name","state","severity","summary","for_ms","keep_firing_for_ms","value","description"}]}` |
  * | `POST /v1/metrics/custom` | `{"name","value","labels","type":"gauge|counter"}` → 200 `{"series"}`; 422 past the series bound |
@@ -16,6 +16,7 @@ import { CustomMetric, type CustomMetrics } from "../lib/custom_metrics.ts";
 import type { RuleStatus } from "../actors/mod.ts";
 import type { AlertBook } from "../lib/alerts.ts";
 import type { History } from "../lib/history.ts";
+import { type HistoryStore, mergeSteps } from "../lib/history_store.ts";
 import { ApiError } from "./_errors.ts";
 import type { AppEnv } from "./_middleware.ts";
 
@@ -60,11 +61,13 @@ export interface MonitorRouteDeps {
   book: AlertBook;
   /** The rules with their state. */
   rules: () => RuleStatus[];
+  /** The downsampled history in SQLite, for ranges past the in-memory 15 minutes. */
+  store?: HistoryStore;
 }
 
 /** History, alert and custom metric routes. */
 export function createMonitorRoutes(deps: MonitorRouteDeps): Hono<AppEnv> {
-  const { history, custom, book, rules } = deps;
+  const { history, custom, book, rules, store } = deps;
   const app = new Hono<AppEnv>();
 
   app.get("/v1/alerts", (c) => c.json({ active: book.active(), resolved: book.resolved() }));
@@ -74,7 +77,9 @@ export function createMonitorRoutes(deps: MonitorRouteDeps): Hono<AppEnv> {
   app.get("/v1/metrics/history", (c) => {
     const name = c.req.query("name");
     if (name === undefined || name === "") return c.json({ series: history.names() });
-    if (!history.has(name)) throw new ApiError(404, "not_found", `No series "${name}"`);
+    if (!history.has(name) && !(store?.names().includes(name) ?? false)) {
+      throw new ApiError(404, "not_found", `No series "${name}"`);
+    }
     const now = Date.now();
     const to = parseTime(c.req.query("to"), now, "to");
     const from = parseTime(c.req.query("from"), to - 15 * 60_000, "from");
@@ -85,7 +90,20 @@ export function createMonitorRoutes(deps: MonitorRouteDeps): Hono<AppEnv> {
         details: { points: Math.ceil((to - from) / step) },
       });
     }
-    return c.json({ name, from, to, step_ms: step, points: history.query(name, from, to, step) });
+    if (store === undefined || step < 60_000) {
+      return c.json({ name, from, to, step_ms: step, points: history.query(name, from, to, step) });
+    }
+    // Minutes from SQLite, then the minutes not flushed yet from memory.
+    const stored = store.query(name, from, to);
+    const memoryFrom = stored.length > 0 ? stored[stored.length - 1].t + 60_000 : from;
+    const recent = history.query(name, memoryFrom, to, 60_000).filter((p) => p.t >= memoryFrom);
+    return c.json({
+      name,
+      from,
+      to,
+      step_ms: step,
+      points: mergeSteps([...stored, ...recent], from, step),
+    });
   });
 
   app.post("/v1/metrics/custom", async (c) => {

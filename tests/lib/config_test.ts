@@ -48,7 +48,7 @@ const DEFAULTS: Config = {
   idempotency: { window_ms: 3_600_000, max_keys: 10_000, max_bytes: 67_108_864 },
   auth: { token: null, protect_metrics: false },
   faults: { stages: {}, poison_ids: [], storage_outage_ms: 0, poison_stages: ["transform"] },
-  monitor: { enabled: true, interval_ms: 1000 },
+  monitor: { enabled: true, interval_ms: 1000, retention_days: 7 },
   alerts: {
     evaluation_interval: 1000,
     alertmanager_url: null,

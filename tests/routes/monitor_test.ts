@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import { FaultInjector } from "../../lib/faults.ts";
+import { HistoryStore } from "../../lib/history_store.ts";
 import { getJson, makeRecords, postRecords, startTestService, waitFor } from "../_helpers.ts";
 
 Deno.test("the collector fills /v1/metrics/history and custom metrics reach /metrics", async (t) => {
@@ -203,6 +205,29 @@ Deno.test("a threshold rule from the alerts config fires on troupe_records_total
       alert.description,
       /increase\(troupe_records_total\{outcome="accepted"\}\) = \d+ > 50/,
     );
+  } finally {
+    await svc.close();
+  }
+});
+
+Deno.test("GET /v1/metrics/history reads the SQLite minutes for ranges past the last 15 minutes", async () => {
+  const svc = await startTestService();
+  try {
+    const twoHoursAgo = Math.floor((Date.now() - 2 * 3_600_000) / 60_000) * 60_000;
+    const store = new HistoryStore(join(svc.dir, "troupe.db"));
+    store.append([
+      { name: "rss_bytes", t: twoHoursAgo, min: 10, mean: 15, max: 20, count: 60 },
+      { name: "rss_bytes", t: twoHoursAgo + 60_000, min: 30, mean: 35, max: 40, count: 60 },
+    ]);
+    store.close();
+    const res = await getJson(
+      svc.url,
+      `/v1/metrics/history?name=rss_bytes&from=${twoHoursAgo}&to=${
+        twoHoursAgo + 3_600_000
+      }&step=1h`,
+    );
+    assert.equal(res.status, 200);
+    assert.deepEqual(res.body.points, [{ t: twoHoursAgo, min: 10, mean: 25, max: 40, count: 120 }]);
   } finally {
     await svc.close();
   }
