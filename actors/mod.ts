@@ -26,12 +26,7 @@ import { rootSupervisorMachine } from "./root_supervisor.ts";
 /** The outcome of offering records to the pipeline. */
 export type SubmitOutcome =
   | { ok: true; ticket: Ticket }
-  | {
-    ok: false;
-    status: 429 | 503;
-    retryAfterSeconds: number;
-    message: string;
-  };
+  | { ok: false; status: 429 | 503; retryAfterSeconds: number; message: string };
 
 /** One check behind `/readyz`. */
 export interface ReadinessCheck {
@@ -122,9 +117,7 @@ export class TroupeSystem {
     this.root.subscribe({
       error: (error) => {
         this.#fatal = error instanceof Error ? error.message : String(error);
-        deps.log.fatal("Root supervisor crashed: {error}", {
-          error: this.#fatal,
-        });
+        deps.log.fatal("Root supervisor crashed: {error}", { error: this.#fatal });
       },
     });
   }
@@ -157,16 +150,12 @@ export class TroupeSystem {
   /** The alert rules run by the monitor, with their state and last evaluation. */
   alertRules(rules: readonly AlertRuleSpec[]): RuleStatus[] {
     return rules.map((spec) => {
-      const snapshot = this.root.system.get(`alert.${spec.name}`)
-        ?.getSnapshot();
-      const alert = (snapshot?.value as
-        | { alert?: string | Record<string, unknown> }
-        | undefined)
+      const snapshot = this.root.system.get(`alert.${spec.name}`)?.getSnapshot();
+      const alert = (snapshot?.value as { alert?: string | Record<string, unknown> } | undefined)
         ?.alert;
-      const last = (snapshot?.context as {
-        last?: { value: number | null; description: string };
-      } | undefined)
-        ?.last;
+      const last =
+        (snapshot?.context as { last?: { value: number | null; description: string } } | undefined)
+          ?.last;
       return {
         name: spec.name,
         state: alert === undefined
@@ -205,16 +194,11 @@ export class TroupeSystem {
    * `maxWaitMs` for room in the validate mailbox; answers 429 when none
    * came, 503 when the system is not ready.
    */
-  async submit(
-    records: unknown[],
-    options: SubmitOptions,
-  ): Promise<SubmitOutcome> {
+  async submit(records: unknown[], options: SubmitOptions): Promise<SubmitOutcome> {
     // Storage being down is no reason to refuse yet: batches wait in the
     // mailboxes until it is back, and ingest says 503 once they are full.
     const down = this.#down();
-    if (down !== null) {
-      return { ok: false, status: 503, retryAfterSeconds: 5, message: down };
-    }
+    if (down !== null) return { ok: false, status: 503, retryAfterSeconds: 5, message: down };
     const ticket = new Ticket(options.keepRecords ?? false);
     if (records.length === 0) {
       ticket.open();
@@ -228,10 +212,7 @@ export class TroupeSystem {
     // may have filled it before this one resumed. Look again, and put below
     // with nothing awaited in between.
     while (room && !mailbox.hasRoom(records.length)) {
-      room = await mailbox.waitForRoom(
-        records.length,
-        Math.max(0, deadline - Date.now()),
-      );
+      room = await mailbox.waitForRoom(records.length, Math.max(0, deadline - Date.now()));
     }
     if (!room) {
       return {
@@ -242,16 +223,8 @@ export class TroupeSystem {
       };
     }
     const after = this.#down();
-    if (after !== null) {
-      return { ok: false, status: 503, retryAfterSeconds: 5, message: after };
-    }
-    for (
-      const b of toBatches(
-        ticket,
-        records,
-        this.deps.config.pipeline.batch_size,
-      )
-    ) {
+    if (after !== null) return { ok: false, status: 503, retryAfterSeconds: 5, message: after };
+    for (const b of toBatches(ticket, records, this.deps.config.pipeline.batch_size)) {
       mailbox.put(b);
     }
     this.root.system.get("pool.validate")?.send({ type: "mailbox.put" });
@@ -270,8 +243,7 @@ export class TroupeSystem {
     const checks: ReadinessCheck[] = [];
     checks.push({
       name: "supervisors",
-      ok: snapshot.status === "active" && !snapshot.matches("failed") &&
-        this.#fatal === null &&
+      ok: snapshot.status === "active" && !snapshot.matches("failed") && this.#fatal === null &&
         STAGES.every((s) => this.root.system.get(`pool.${s}`) !== undefined),
       message: this.#fatal ??
         (snapshot.matches("failed")
@@ -283,8 +255,7 @@ export class TroupeSystem {
     checks.push({
       name: "storage",
       // Half open is still probing: not ready until a trial commit went through.
-      ok: connections.open > 0 &&
-        (breaker === undefined || breaker === "closed"),
+      ok: connections.open > 0 && (breaker === undefined || breaker === "closed"),
       message: breaker === "open" || breaker === "halfOpen"
         ? `Storage unavailable: circuit breaker ${breaker === "open" ? "open" : "half open"}`
         : connections.open > 0
@@ -302,10 +273,7 @@ export class TroupeSystem {
 
   /** The supervision tree, for `GET /v1/actors`. */
   tree(): ActorNode {
-    return {
-      ...describe(this.root as unknown as AnyActorRef, this.runtimes),
-      id: "root",
-    };
+    return { ...describe(this.root as unknown as AnyActorRef, this.runtimes), id: "root" };
   }
 
   /**
@@ -342,17 +310,13 @@ export class TroupeSystem {
     if (this.#draining) return "The service is shutting down";
     const r = this.readiness();
     if (r.ready) return null;
-    return r.checks.filter((c) => !c.ok).map((c) => c.message ?? c.name).join(
-      "; ",
-    );
+    return r.checks.filter((c) => !c.ok).map((c) => c.message ?? c.name).join("; ");
   }
 
   #storeConnections(): { open: number; total: number } {
     const pool = this.root.system.get("pool.store");
     if (pool === undefined) return { open: 0, total: 0 };
-    const children = Object.values(
-      pool.getSnapshot().children ?? {},
-    ) as AnyActorRef[];
+    const children = Object.values(pool.getSnapshot().children ?? {}) as AnyActorRef[];
     let open = 0;
     for (const c of children) {
       if (c.id === "breaker") continue;
@@ -366,8 +330,7 @@ export class TroupeSystem {
 function describe(ref: AnyActorRef, runtimes: StageRuntimes): ActorNode {
   const snapshot = ref.getSnapshot();
   const logic = (ref as unknown as { logic: { config?: { id?: string } } }).logic;
-  const type = logic.config?.id ??
-    (typeof ref.src === "string" ? ref.src : "actor");
+  const type = logic.config?.id ?? (typeof ref.src === "string" ? ref.src : "actor");
   const ctx = snapshot.context as Record<string, unknown> | undefined;
   let mailbox: ActorNode["mailbox"] = null;
   let restarts = 0;
@@ -423,10 +386,7 @@ export function startSystem(options: SystemOptions): TroupeSystem {
   const { config, metrics } = options;
   const path = sqlitePath(config.data);
   const openWriter = options.openWriter ??
-    (() =>
-      Promise.resolve(
-        openSqliteWriter(path, { synchronous: config.storage.synchronous }),
-      ));
+    (() => Promise.resolve(openSqliteWriter(path, { synchronous: config.storage.synchronous })));
   return new TroupeSystem({
     config,
     schema: dataRecordSchema({

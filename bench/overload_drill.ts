@@ -17,7 +17,10 @@
  *
  * Run: `deno run -A bench/overload_drill.ts [--clients 8] [--batch 1000]
  * [--measure 10] [--factor 5] [--duration 30] [--max-outstanding 2000]
- * [--rss-limit 2048] [--timeout 30000] [--config FILE] [--json]`
+ * [--rss-limit 2048] [--timeout 30000] [--config FILE] [--v8-flags FLAGS] [--json]`
+ *
+ * `--v8-flags` goes to the server only, as `DENO_V8_FLAGS` (for example
+ * `--max-old-space-size=80,--max-semi-space-size=4`), not to the generator.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -48,6 +51,8 @@ export interface OverloadOptions {
   timeoutMs?: number;
   /** Configuration file passed to the server with `--config`. */
   config?: string;
+  /** V8 flags for the server only (`DENO_V8_FLAGS`), comma-separated. */
+  v8Flags?: string;
 }
 
 /** What the drill measured. */
@@ -82,6 +87,7 @@ export async function runOverloadDrill(options: OverloadOptions = {}): Promise<O
   const server = await startServer({
     data,
     extra: options.config === undefined ? [] : ["--config", options.config],
+    env: options.v8Flags === undefined ? {} : { DENO_V8_FLAGS: options.v8Flags },
   });
   const rss = () => (sampleProc(server.pid)?.rssKb ?? 0) / 1024;
   let phasePeak = 0;
@@ -213,6 +219,7 @@ if (import.meta.main) {
       "rss-limit": { type: "string", default: "2048" },
       timeout: { type: "string", default: "30000" },
       config: { type: "string" },
+      "v8-flags": { type: "string" },
       json: { type: "boolean", default: false },
     },
   });
@@ -227,6 +234,7 @@ if (import.meta.main) {
     rssLimitMb: Number(values["rss-limit"]),
     timeoutMs: Number(values.timeout),
     config: values.config,
+    v8Flags: values["v8-flags"],
   });
   if (values.json) console.log(JSON.stringify({ machine: m, ...report }, null, 2));
   else {

@@ -9,7 +9,11 @@
 export interface Server {
   readonly hostname: string;
   readonly port: number;
-  /** Stops accepting connections and waits for in-flight requests. */
+  /**
+   * Stops accepting connections, waits for the requests in flight to be
+   * answered, then closes the connections left open (idle keep-alive ones
+   * included), so that clients cannot hold the shutdown.
+   */
   shutdown(): Promise<void>;
 }
 
@@ -32,14 +36,35 @@ interface BunLike {
   }): { port: number; hostname: string; stop(closeActive?: boolean): Promise<void> | void };
 }
 
+/**
+ * Wraps `fetch` so that the answers being computed can be awaited:
+ * `settled()` resolves once those running when it was called are done (not
+ * the ones that start later: under steady keep-alive traffic there may
+ * always be one).
+ */
+function trackRequests(fetch: Fetch): { tracked: Fetch; settled(): Promise<void> } {
+  const running = new Set<Promise<unknown>>();
+  const tracked: Fetch = (req) => {
+    const answer = Promise.resolve(fetch(req));
+    running.add(answer);
+    answer.then(() => running.delete(answer), () => running.delete(answer));
+    return answer;
+  };
+  const settled = async () => {
+    await Promise.allSettled([...running]);
+  };
+  return { tracked, settled };
+}
+
 /** Starts serving `fetch` on `hostname:port` (port 0 picks a free one). */
 export function serve(fetch: Fetch, options: { hostname: string; port: number }): Server {
   const g = globalThis as unknown as { Deno?: DenoLike; Bun?: BunLike };
   if (g.Bun !== undefined) {
+    const { tracked, settled } = trackRequests(fetch);
     const s = g.Bun.serve({
       hostname: options.hostname,
       port: options.port,
-      fetch,
+      fetch: tracked,
       // Our own limits apply while streaming; this only has to be above them.
       maxRequestBodySize: 1024 * 1024 * 1024,
       idleTimeout: 60,
@@ -48,7 +73,18 @@ export function serve(fetch: Fetch, options: { hostname: string; port: number })
       hostname: options.hostname,
       port: s.port,
       shutdown: async () => {
-        await s.stop(false);
+        // `stop(false)` stops listening at once, but its promise resolves
+        // only when every connection is closed, and after load it was seen
+        // to wait the whole shutdown timeout (1 run in 10, Bun 1.4.4,
+        // keep-alive clients; docs/PERFORMANCE.md), so it is not awaited.
+        // Once the handlers already running have answered (the ones that
+        // start meanwhile see the drain and answer 503), a macrotask lets
+        // their responses be written, then `stop(true)` closes whatever
+        // connections are left.
+        Promise.resolve(s.stop(false)).catch(() => {});
+        await settled();
+        await new Promise((resolve) => setTimeout(resolve, 0));
+        await s.stop(true);
       },
     };
   }
@@ -57,13 +93,7 @@ export function serve(fetch: Fetch, options: { hostname: string; port: number })
     // unreadable at once (denoland/deno#36809), so a POST still uploading
     // would fail with a 400. Wait for the handlers already running first;
     // the ones that start meanwhile see the drain and answer 503 unread.
-    const running = new Set<Promise<unknown>>();
-    const tracked: Fetch = (req) => {
-      const answer = Promise.resolve(fetch(req));
-      running.add(answer);
-      answer.then(() => running.delete(answer), () => running.delete(answer));
-      return answer;
-    };
+    const { tracked, settled } = trackRequests(fetch);
     const s = g.Deno.serve(
       { hostname: options.hostname, port: options.port, onListen: () => {} },
       tracked,
@@ -72,7 +102,7 @@ export function serve(fetch: Fetch, options: { hostname: string; port: number })
       hostname: options.hostname,
       port: s.addr.port,
       shutdown: async () => {
-        await Promise.allSettled([...running]);
+        await settled();
         await s.shutdown();
       },
     };

@@ -28,8 +28,9 @@
  *
  * A commit is one `BEGIN IMMEDIATE … COMMIT`. Records go in with multi-row
  * `INSERT … ON CONFLICT(id) DO NOTHING` (up to {@linkcode CHUNK_ROWS} rows a
- * statement, since each `node:sqlite` call and bound value has a cost). A
- * key repeated within the commit is a duplicate before SQLite sees it. When
+ * statement, since each `node:sqlite` call and bound value has a cost),
+ * all records of the commit in order: SQLite keeps the first row of a key
+ * and ignores a later one, also within one statement. When
  * a statement's `changes` equals its row count every key was new, the usual
  * case; when it is 0 none was; only in between does one `SELECT id … WHERE
  * seq > ?` ask which rows this transaction added (`AUTOINCREMENT` promises
@@ -39,13 +40,45 @@
  * merged with {@linkcode mergeUser} and {@linkcode mergeEvent}, and written
  * with one upsert per key. Any error rolls everything back and is rethrown.
  *
+ * When every statement's `changes` equals its row count (no key stored
+ * before, none repeated) every outcome is `true` and the units' deltas serve
+ * as they are, without a per-record map or set; otherwise the first record
+ * of each key this transaction added claims it and the others are
+ * duplicates.
+ *
+ * The user and event rows a commit merges into are kept in memory (a cache
+ * of {@linkcode SqliteOptions.cacheRows} rows of each, least recently used
+ * first out; a row not in it is read from the table), so the usual commit
+ * reads no aggregate row and parses no event list. The rows a commit merges
+ * enter the cache only after its `COMMIT` succeeds; a commit that fails
+ * drops the rows it touched, which are read again next time. All writers of
+ * one file in this thread share one cache (by real path, counted, dropped
+ * when the last one closes), so a pool of writers stays consistent. Another
+ * process or thread writing the same file while a writer is open is NOT
+ * supported: the cache would not see its changes and the next commit would
+ * overwrite them. (The service owns its data directory.)
+ *
+ * Checkpoints are off the commit path: writers set `wal_autocheckpoint = 0`
+ * and a timer shared by the writers of a file runs `PRAGMA
+ * wal_checkpoint(PASSIVE)` every {@linkcode SqliteOptions.checkpointIntervalMs}
+ * (unref'd, cleared when the last writer closes), and on the next turn of
+ * the event loop once about {@linkcode CHECKPOINT_BYTES} were written since
+ * the last one; a commit runs it itself only when the timer has not had a
+ * turn for two intervals. A complete checkpoint
+ * lets the next commit start the WAL over, and `journal_size_limit` trims the
+ * file to {@linkcode WAL_SIZE_LIMIT}, so the WAL stays about the size of one
+ * interval's writes or {@linkcode CHECKPOINT_BYTES}, whichever is less.
+ * Durability is unchanged: `synchronous = FULL` still syncs the WAL at every
+ * commit; the checkpoint syncs the database file.
+ *
  * The work is synchronous: a commit holds the thread until it is durable.
  * Two writers in one thread therefore never overlap, and a pool of writer
  * connections in one thread adds no throughput; `busyTimeoutMs` only matters
- * when another process (or thread) writes the same file.
+ * when another process opens the file at the same time (creating the schema,
+ * say).
  */
 import { DatabaseSync, type SQLInputValue, type StatementSync } from "node:sqlite";
-import { existsSync, mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, realpathSync } from "node:fs";
 import { dirname, join } from "node:path";
 import {
   type AggregateDeltas,
@@ -84,6 +117,18 @@ export interface SqliteOptions {
   synchronous?: "full" | "normal";
   /** Milliseconds to wait on a database locked by another process. @default 5000 */
   busyTimeoutMs?: number;
+  /**
+   * Milliseconds between WAL checkpoints, which run on a timer instead of
+   * inside a commit. The first writer opened on a file sets it for all.
+   * @default 1000
+   */
+  checkpointIntervalMs?: number;
+  /**
+   * Most user rows, and most event rows, the writers of one file keep in
+   * memory. The first writer opened on a file sets it for all.
+   * @default 100000
+   */
+  cacheRows?: number;
 }
 
 /** The schema version this module writes and reads. */
@@ -91,6 +136,23 @@ export const SCHEMA_VERSION = 1;
 
 /** Most rows bound into one statement (at most 6 parameters a row: 600 in all). */
 export const CHUNK_ROWS = 100;
+
+/**
+ * Bytes the WAL file is trimmed to when a writer starts it over after a
+ * complete checkpoint (`PRAGMA journal_size_limit`).
+ */
+export const WAL_SIZE_LIMIT = 16 * 1024 * 1024;
+
+/**
+ * About this many bytes written since the last checkpoint schedule the next
+ * one at once (on the next turn of the event loop, not inside the commit),
+ * so that a busy writer keeps the WAL under {@linkcode WAL_SIZE_LIMIT} and
+ * each checkpoint short.
+ */
+export const CHECKPOINT_BYTES = WAL_SIZE_LIMIT / 2;
+
+/** What a commit writes besides record bodies, estimated: a few pages of index, users, totals. */
+const COMMIT_OVERHEAD_BYTES = 8 * 4096;
 
 const SCHEMA = `
 CREATE TABLE records (
@@ -162,18 +224,30 @@ export function openSqliteWriter(path: string, options: SqliteOptions = {}): Sto
     throw new RangeError(`Invalid synchronous mode "${synchronous}": expected "full" or "normal"`);
   }
   const busyTimeoutMs = checkBusyTimeout(options.busyTimeoutMs ?? 5000);
+  const intervalMs = checkPositive(
+    "checkpoint interval",
+    options.checkpointIntervalMs ?? 1000,
+    " ms",
+  );
+  const cacheRows = checkPositive("cache size", options.cacheRows ?? 100_000);
   if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
   const db = new DatabaseSync(path);
+  let shared: SharedFile | undefined;
   try {
     db.exec(`PRAGMA busy_timeout = ${busyTimeoutMs}`);
     db.exec("PRAGMA journal_mode = WAL");
     db.exec(`PRAGMA synchronous = ${synchronous.toUpperCase()}`);
+    // Checkpoints run on the shared timer, not in whichever commit fills the WAL.
+    db.exec("PRAGMA wal_autocheckpoint = 0");
+    db.exec(`PRAGMA journal_size_limit = ${WAL_SIZE_LIMIT}`);
     migrate(db, path);
+    shared = joinSharedFile(path, db, intervalMs, cacheRows);
+    return new SqliteWriter(db, shared);
   } catch (error) {
+    if (shared !== undefined) leaveSharedFile(shared, db);
     db.close();
     throw error;
   }
-  return new SqliteWriter(db);
 }
 
 /**
@@ -208,6 +282,13 @@ function checkBusyTimeout(ms: number): number {
     throw new RangeError(`Invalid busy timeout ${ms} ms: expected a non-negative integer`);
   }
   return ms;
+}
+
+function checkPositive(what: string, n: number, unit = ""): number {
+  if (!Number.isSafeInteger(n) || n < 1) {
+    throw new RangeError(`Invalid ${what} ${n}${unit}: expected a positive integer`);
+  }
+  return n;
 }
 
 function schemaVersion(db: DatabaseSync): number {
@@ -288,16 +369,154 @@ interface FailedRow {
   failed_at: string;
 }
 
+/** A cached user row: the aggregate and the JSON of its event list as stored. */
+interface CachedUser {
+  user: StoredUser;
+  eventsJson: string;
+}
+
+/**
+ * A map bounded to `limit` entries that forgets the least recently used one
+ * first (a `Map` keeps insertion order, so a hit moves its key to the end).
+ */
+class LruMap<V> {
+  #map = new Map<string, V>();
+  #limit: number;
+
+  constructor(limit: number) {
+    this.#limit = limit;
+  }
+
+  get size(): number {
+    return this.#map.size;
+  }
+
+  get(key: string): V | undefined {
+    const value = this.#map.get(key);
+    if (value !== undefined) {
+      this.#map.delete(key);
+      this.#map.set(key, value);
+    }
+    return value;
+  }
+
+  set(key: string, value: V): void {
+    this.#map.delete(key);
+    this.#map.set(key, value);
+    if (this.#map.size > this.#limit) this.#map.delete(this.#map.keys().next().value!);
+  }
+
+  delete(key: string): void {
+    this.#map.delete(key);
+  }
+}
+
+/**
+ * What the writers of one file in this thread share: the aggregate row
+ * caches, which must follow every commit to the file, and the checkpoint
+ * timer, which needs only one of them.
+ */
+interface SharedFile {
+  key: string;
+  writers: Set<DatabaseSync>;
+  users: LruMap<CachedUser>;
+  events: LruMap<EventAggregate>;
+  intervalMs: number;
+  timer: ReturnType<typeof setInterval> | undefined;
+  /** A checkpoint due on the next turn of the event loop ({@linkcode CHECKPOINT_BYTES} written). */
+  soon: ReturnType<typeof setTimeout> | undefined;
+  /** `performance.now()` of the last checkpoint attempt. */
+  lastCheckpoint: number;
+  /** Bytes written since then, estimated from the record bodies. */
+  written: number;
+}
+
+/** Shared state by real path of the file; `:memory:` databases are never shared. */
+const sharedFiles = new Map<string, SharedFile>();
+let memoryFiles = 0;
+
+function joinSharedFile(
+  path: string,
+  db: DatabaseSync,
+  intervalMs: number,
+  cacheRows: number,
+): SharedFile {
+  const key = path === ":memory:" || path === "" ? `:memory:${memoryFiles++}` : realpathSync(path);
+  let shared = sharedFiles.get(key);
+  if (shared === undefined) {
+    shared = {
+      key,
+      writers: new Set(),
+      users: new LruMap(cacheRows),
+      events: new LruMap(cacheRows),
+      intervalMs,
+      timer: undefined,
+      soon: undefined,
+      lastCheckpoint: performance.now(),
+      written: 0,
+    };
+    const s = shared;
+    s.timer = setInterval(() => checkpoint(s), intervalMs);
+    unrefTimer(s.timer);
+    sharedFiles.set(key, shared);
+  }
+  shared.writers.add(db);
+  return shared;
+}
+
+function leaveSharedFile(shared: SharedFile, db: DatabaseSync): void {
+  shared.writers.delete(db);
+  if (shared.writers.size > 0) return;
+  clearInterval(shared.timer);
+  clearTimeout(shared.soon);
+  sharedFiles.delete(shared.key);
+}
+
+/** Lets the process exit while `timer` is pending (Bun and Node: `unref()`; Deno: `unrefTimer`). */
+function unrefTimer(timer: ReturnType<typeof setInterval>): void {
+  if (typeof timer === "object" && timer !== null && "unref" in timer) {
+    (timer as { unref(): void }).unref();
+    return;
+  }
+  const deno = (globalThis as { Deno?: { unrefTimer?(id: number): void } }).Deno;
+  deno?.unrefTimer?.(timer as unknown as number);
+}
+
+/**
+ * Copies the WAL into the database file without waiting for anyone
+ * (`PASSIVE`). Once the copy is complete the next commit starts the WAL over
+ * from its beginning, and `journal_size_limit` trims a file that grew past
+ * {@linkcode WAL_SIZE_LIMIT}, so the WAL stays about as large as the writes
+ * of one interval. A failure is left for the next commit to report.
+ */
+function checkpoint(shared: SharedFile): void {
+  shared.lastCheckpoint = performance.now();
+  shared.written = 0;
+  for (const db of shared.writers) {
+    if (!db.isOpen || db.isTransaction) continue;
+    try {
+      db.exec("PRAGMA wal_checkpoint(PASSIVE)");
+    } catch { /* a broken connection fails its next commit or ping */ }
+    return;
+  }
+}
+
 class SqliteWriter implements StoreWriter {
   #db: DatabaseSync;
+  #shared: SharedFile;
+  #closed = false;
   /** Prepared statements by kind and row count, so each shape is compiled once. */
   #statements = new Map<string, StatementSync>();
   #ping: StatementSync;
   #lastSeq: StatementSync;
   #addTotals: StatementSync;
+  /** Rows merged by the commit under way, put in the shared caches once it is durable. */
+  #pendingUsers: CachedUser[] = [];
+  #pendingEvents: EventAggregate[] = [];
 
-  constructor(db: DatabaseSync) {
+  constructor(db: DatabaseSync, shared: SharedFile) {
     this.#db = db;
+    this.#shared = shared;
     this.#ping = db.prepare("SELECT 1");
     this.#lastSeq = db.prepare("SELECT coalesce(max(seq), 0) AS last FROM records");
     this.#addTotals = db.prepare(
@@ -325,6 +544,10 @@ class SqliteWriter implements StoreWriter {
 
   close(): Promise<void> {
     this.#statements.clear();
+    if (!this.#closed) {
+      this.#closed = true;
+      leaveSharedFile(this.#shared, this.#db);
+    }
     if (!this.#db.isOpen) return Promise.resolve();
     try {
       // SQLite's advice for long-lived connections: refresh planner statistics on the way out.
@@ -349,50 +572,85 @@ class SqliteWriter implements StoreWriter {
       return units.map(() => ({ inserted: [] }));
     }
     const db = this.#db;
+    const shared = this.#shared;
+    shared.written += COMMIT_OVERHEAD_BYTES;
     db.exec("BEGIN IMMEDIATE");
+    let outcomes: CommitOutcome[];
     try {
-      const outcomes = this.#write(units);
+      outcomes = this.#write(units);
       db.exec("COMMIT");
-      return outcomes;
     } catch (error) {
       // Rolling back a closed or broken connection can fail too; the first error is the news.
       try {
         if (db.isOpen && db.isTransaction) db.exec("ROLLBACK");
       } catch { /* the original error is rethrown below */ }
+      // Nothing of this commit reached the caches; forgetting what it touched also covers a
+      // COMMIT whose outcome SQLite could not report.
+      for (const u of this.#pendingUsers) shared.users.delete(u.user.user_id);
+      for (const e of this.#pendingEvents) shared.events.delete(e.event);
+      this.#pendingUsers = [];
+      this.#pendingEvents = [];
       throw error;
     }
+    for (const u of this.#pendingUsers) shared.users.set(u.user.user_id, u);
+    for (const e of this.#pendingEvents) shared.events.set(e.event, e);
+    this.#pendingUsers = [];
+    this.#pendingEvents = [];
+    // Timers wait while commits follow each other without a turn of the event loop.
+    if (performance.now() - shared.lastCheckpoint > 2 * shared.intervalMs) {
+      checkpoint(shared);
+    } else if (shared.written > CHECKPOINT_BYTES && shared.soon === undefined) {
+      shared.soon = setTimeout(() => {
+        shared.soon = undefined;
+        checkpoint(shared);
+      }, 0);
+      unrefTimer(shared.soon);
+    }
+    return outcomes;
   }
 
   #write(units: readonly CommitUnit[]): CommitOutcome[] {
-    // Only the first record of each key in this commit is offered to SQLite; later ones are
-    // duplicates whatever the table holds.
-    const firstOfKey = new Map<string, ProcessedRecord>();
-    for (const unit of units) {
-      for (const r of unit.records) {
-        const key = recordKey(r.id);
-        if (!firstOfKey.has(key)) firstOfKey.set(key, r);
-      }
-    }
-    const stored = this.#insertRecords(firstOfKey);
+    const { keys, stored } = this.#insertRecords(units);
 
-    const users = new Map<string, UserDelta>();
-    const events = new Map<string, EventDelta>();
     let storedCount = 0;
     let failedCount = 0;
-    const outcomes = units.map((unit): CommitOutcome => {
-      // The first record of a new key claims it; any later one is a duplicate.
-      const inserted = unit.records.map((r) => stored.delete(recordKey(r.id)));
-      const fresh = unit.records.filter((_, i) => inserted[i]);
-      storedCount += fresh.length;
-      failedCount += unit.failed.length;
-      const deltas: AggregateDeltas = unit.deltas !== undefined &&
-          fresh.length === unit.records.length
-        ? unit.deltas
-        : aggregateRecords(fresh);
-      for (const d of deltas.users.values()) addUserDelta(users, d);
-      for (const d of deltas.events.values()) addEventDelta(events, d);
-      return { inserted };
-    });
+    let users: Map<string, UserDelta>;
+    let events: Map<string, EventDelta>;
+    let outcomes: CommitOutcome[];
+    if (stored === undefined && units.length === 1) {
+      // The usual case: one unit, every record new. Its deltas serve as they are.
+      const unit = units[0];
+      storedCount = unit.records.length;
+      failedCount = unit.failed.length;
+      ({ users, events } = unit.deltas ?? aggregateRecords(unit.records));
+      outcomes = [{ inserted: new Array<boolean>(unit.records.length).fill(true) }];
+    } else {
+      users = new Map();
+      events = new Map();
+      let at = 0;
+      outcomes = units.map((unit): CommitOutcome => {
+        let inserted: boolean[];
+        let fresh: readonly ProcessedRecord[];
+        if (stored === undefined) {
+          inserted = new Array<boolean>(unit.records.length).fill(true);
+          fresh = unit.records;
+        } else {
+          // The first record of a new key claims it; any later one is a duplicate.
+          inserted = unit.records.map((_, i) => stored.delete(keys[at + i]));
+          fresh = unit.records.filter((_, i) => inserted[i]);
+        }
+        at += unit.records.length;
+        storedCount += fresh.length;
+        failedCount += unit.failed.length;
+        const deltas: AggregateDeltas = unit.deltas !== undefined &&
+            fresh.length === unit.records.length
+          ? unit.deltas
+          : aggregateRecords(fresh);
+        for (const d of deltas.users.values()) addUserDelta(users, d);
+        for (const d of deltas.events.values()) addEventDelta(events, d);
+        return { inserted };
+      });
+    }
 
     const newUsers = this.#applyUsers(users);
     const newEvents = this.#applyEvents(events);
@@ -403,45 +661,81 @@ class SqliteWriter implements StoreWriter {
     return outcomes;
   }
 
-  /** Inserts the records (no key twice); returns the keys that were new. */
-  #insertRecords(records: Map<string, ProcessedRecord>): Set<string> {
-    const stored = new Set<string>();
-    if (records.size === 0) return stored;
+  /**
+   * Inserts the records of all units in order; SQLite keeps the first row of a
+   * key repeated in one statement and ignores the later ones. Returns every
+   * record's key, and `stored` undefined when every record was new (so no key
+   * repeated), else the keys this transaction stored.
+   */
+  #insertRecords(units: readonly CommitUnit[]): { keys: string[]; stored?: Set<string> } {
+    let total = 0;
+    for (const unit of units) total += unit.records.length;
+    const keys = new Array<string>(total);
+    if (total === 0) return { keys };
     // AUTOINCREMENT guarantees every row inserted from here on gets a seq above this one.
-    const { last } = this.#lastSeq.get() as { last: number };
-    const all = [...records.keys()];
-    for (let start = 0; start < all.length; start += CHUNK_ROWS) {
-      const keys = all.slice(start, start + CHUNK_ROWS);
-      const params: SQLInputValue[] = [];
-      for (const key of keys) params.push(key, JSON.stringify(records.get(key)));
+    let last: number | undefined;
+    let stored: Set<string> | undefined;
+    let u = 0;
+    let r = 0;
+    for (let start = 0; start < total; start += CHUNK_ROWS) {
+      const rows = Math.min(CHUNK_ROWS, total - start);
+      const params = new Array<SQLInputValue>(rows * 2);
+      let bytes = 0;
+      for (let i = 0; i < rows; i++) {
+        while (r === units[u].records.length) {
+          u++;
+          r = 0;
+        }
+        const record = units[u].records[r++];
+        const key = recordKey(record.id);
+        const body = JSON.stringify(record);
+        keys[start + i] = key;
+        params[2 * i] = key;
+        params[2 * i + 1] = body;
+        bytes += body.length + 2 * key.length;
+      }
+      this.#shared.written += bytes;
+      if (last === undefined) last = (this.#lastSeq.get() as { last: number }).last;
       const { changes } = this.#statement(
         "records.insert",
-        keys.length,
+        rows,
         () =>
-          `INSERT INTO records (id, body) VALUES ${placeholders(keys.length, 2)}
+          `INSERT INTO records (id, body) VALUES ${placeholders(rows, 2)}
              ON CONFLICT (id) DO NOTHING`,
       ).run(...params);
-      if (changes === keys.length) {
-        for (const key of keys) stored.add(key);
+      if (changes === rows && stored === undefined) continue;
+      if (stored === undefined) stored = new Set(keys.slice(0, start));
+      if (changes === rows) {
+        for (let i = start; i < start + rows; i++) stored.add(keys[i]);
       } else if (changes > 0) {
-        // Some keys were stored before: ask which rows this transaction added.
-        const rows = this.#statement(
+        // Some keys were stored before (or repeat within the commit): ask which rows this
+        // transaction added.
+        const chunk = keys.slice(start, start + rows);
+        const added = this.#statement(
           "records.new",
-          keys.length,
-          () => `SELECT id FROM records WHERE seq > ? AND id IN (${list(keys.length)})`,
-        ).all(last, ...keys) as unknown as { id: string }[];
-        for (const row of rows) stored.add(row.id);
+          rows,
+          () => `SELECT id FROM records WHERE seq > ? AND id IN (${list(rows)})`,
+        ).all(last, ...chunk) as unknown as { id: string }[];
+        for (const row of added) stored.add(row.id);
       }
     }
-    return stored;
+    return { keys, stored };
   }
 
   /** Merges the deltas into `users`; returns how many users are new. */
   #applyUsers(deltas: Map<string, UserDelta>): number {
-    const keys = [...deltas.keys()];
+    if (deltas.size === 0) return 0;
+    const cache = this.#shared.users;
+    const current = new Map<string, CachedUser>();
+    const missing: string[] = [];
+    for (const key of deltas.keys()) {
+      const cached = cache.get(key);
+      if (cached === undefined) missing.push(key);
+      else current.set(key, cached);
+    }
     let created = 0;
-    for (let start = 0; start < keys.length; start += CHUNK_ROWS) {
-      const chunk = keys.slice(start, start + CHUNK_ROWS);
+    for (let start = 0; start < missing.length; start += CHUNK_ROWS) {
+      const chunk = missing.slice(start, start + CHUNK_ROWS);
       const select = this.#statement(
         "users.select",
         chunk.length,
@@ -449,29 +743,42 @@ class SqliteWriter implements StoreWriter {
           `SELECT user_id, total_events, total_value, events, last_activity, last_ms
              FROM users WHERE user_id IN (${list(chunk.length)})`,
       );
-      const current = new Map<string, StoredUser>();
+      let found = 0;
       for (const row of select.all(...chunk) as unknown as UserRow[]) {
-        current.set(row.user_id, storedUser(row));
+        current.set(row.user_id, { user: storedUser(row), eventsJson: row.events });
+        found++;
       }
-      created += chunk.length - current.size;
-      const params: SQLInputValue[] = [];
-      for (const key of chunk) {
-        const u = mergeUser(current.get(key), deltas.get(key)!);
-        params.push(
-          u.user_id,
-          u.total_events,
-          u.total_value,
-          JSON.stringify(u.events),
-          u.last_activity,
-          u.last_ms,
-        );
+      created += chunk.length - found;
+    }
+
+    const keys = [...deltas.keys()];
+    const pending = this.#pendingUsers;
+    for (let start = 0; start < keys.length; start += CHUNK_ROWS) {
+      const rows = Math.min(CHUNK_ROWS, keys.length - start);
+      const params = new Array<SQLInputValue>(rows * 6);
+      for (let i = 0; i < rows; i++) {
+        const key = keys[start + i];
+        const before = current.get(key);
+        const u = mergeUser(before?.user, deltas.get(key)!);
+        // Events are only ever appended: an unchanged count is an unchanged list.
+        const eventsJson = before !== undefined && before.user.events.length === u.events.length
+          ? before.eventsJson
+          : JSON.stringify(u.events);
+        pending.push({ user: u, eventsJson });
+        const p = 6 * i;
+        params[p] = u.user_id;
+        params[p + 1] = u.total_events;
+        params[p + 2] = u.total_value;
+        params[p + 3] = eventsJson;
+        params[p + 4] = u.last_activity;
+        params[p + 5] = u.last_ms;
       }
       this.#statement(
         "users.upsert",
-        chunk.length,
+        rows,
         () =>
           `INSERT INTO users (user_id, total_events, total_value, events, last_activity, last_ms)
-             VALUES ${placeholders(chunk.length, 6)}
+             VALUES ${placeholders(rows, 6)}
              ON CONFLICT (user_id) DO UPDATE SET total_events = excluded.total_events,
                total_value = excluded.total_value, events = excluded.events,
                last_activity = excluded.last_activity, last_ms = excluded.last_ms`,
@@ -482,10 +789,18 @@ class SqliteWriter implements StoreWriter {
 
   /** Merges the deltas into `events`; returns how many event types are new. */
   #applyEvents(deltas: Map<string, EventDelta>): number {
-    const keys = [...deltas.keys()];
+    if (deltas.size === 0) return 0;
+    const cache = this.#shared.events;
+    const current = new Map<string, EventAggregate>();
+    const missing: string[] = [];
+    for (const key of deltas.keys()) {
+      const cached = cache.get(key);
+      if (cached === undefined) missing.push(key);
+      else current.set(key, cached);
+    }
     let created = 0;
-    for (let start = 0; start < keys.length; start += CHUNK_ROWS) {
-      const chunk = keys.slice(start, start + CHUNK_ROWS);
+    for (let start = 0; start < missing.length; start += CHUNK_ROWS) {
+      const chunk = missing.slice(start, start + CHUNK_ROWS);
       const select = this.#statement(
         "events.select",
         chunk.length,
@@ -493,22 +808,36 @@ class SqliteWriter implements StoreWriter {
           `SELECT event, count, total_value, min_value, max_value
              FROM events WHERE event IN (${list(chunk.length)})`,
       );
-      const current = new Map<string, EventAggregate>();
+      let found = 0;
       for (const row of select.all(...chunk) as unknown as EventAggregate[]) {
         current.set(row.event, eventAggregate(row));
+        found++;
       }
-      created += chunk.length - current.size;
-      const params: SQLInputValue[] = [];
-      for (const key of chunk) {
+      created += chunk.length - found;
+    }
+
+    const keys = [...deltas.keys()];
+    const pending = this.#pendingEvents;
+    for (let start = 0; start < keys.length; start += CHUNK_ROWS) {
+      const rows = Math.min(CHUNK_ROWS, keys.length - start);
+      const params = new Array<SQLInputValue>(rows * 5);
+      for (let i = 0; i < rows; i++) {
+        const key = keys[start + i];
         const e = mergeEvent(current.get(key), deltas.get(key)!);
-        params.push(e.event, e.count, e.total_value, e.min_value, e.max_value);
+        pending.push(e);
+        const p = 5 * i;
+        params[p] = e.event;
+        params[p + 1] = e.count;
+        params[p + 2] = e.total_value;
+        params[p + 3] = e.min_value;
+        params[p + 4] = e.max_value;
       }
       this.#statement(
         "events.upsert",
-        chunk.length,
+        rows,
         () =>
           `INSERT INTO events (event, count, total_value, min_value, max_value)
-             VALUES ${placeholders(chunk.length, 5)}
+             VALUES ${placeholders(rows, 5)}
              ON CONFLICT (event) DO UPDATE SET count = excluded.count,
                total_value = excluded.total_value, min_value = excluded.min_value,
                max_value = excluded.max_value`,
@@ -518,7 +847,10 @@ class SqliteWriter implements StoreWriter {
   }
 
   #insertFailed(units: readonly CommitUnit[]): void {
-    const all = units.flatMap((u) => u.failed);
+    let total = 0;
+    for (const unit of units) total += unit.failed.length;
+    if (total === 0) return;
+    const all = total === units[0].failed.length ? units[0].failed : units.flatMap((u) => u.failed);
     for (let start = 0; start < all.length; start += CHUNK_ROWS) {
       const chunk = all.slice(start, start + CHUNK_ROWS);
       const params: SQLInputValue[] = [];

@@ -3,7 +3,10 @@
  * Tests of the SQLite store against real files in a temporary directory:
  * seed 000's expected aggregate, idempotent commits, rollback on failure,
  * durability across reopening, paging, and a property test that the
- * aggregate tables always equal a recomputation from the stored records.
+ * aggregate tables always equal a recomputation from the stored records;
+ * then the writer's cached aggregate rows (after a failed commit, under a
+ * tiny bound, shared by two writers of one file) and its checkpoint timer
+ * (the WAL stays bounded, the process still exits).
  */
 import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
@@ -592,4 +595,161 @@ Deno.test("StoreWriter.commit keeps aggregates equal to a recomputation from sto
     ),
     { numRuns: 60 },
   );
+});
+
+/** Asserts that users, events and counts equal a recomputation from the stored records. */
+async function assertAggregatesMatchRecords(path: string, reader: StoreReader): Promise<void> {
+  const stored = storedRecords(path);
+  const deltas = aggregateRecords(stored);
+  const { users } = await reader.listUsers(1000);
+  assert.equal(users.length, deltas.users.size);
+  for (const user of users) {
+    const { last_ms: _, ...expected } = mergeUser(undefined, deltas.users.get(user.user_id)!);
+    assert.deepEqual(user, expected);
+  }
+  for (const delta of deltas.events.values()) {
+    assert.deepEqual(await reader.getEvent(delta.event), mergeEvent(undefined, delta));
+  }
+  const counts = await reader.counts();
+  assert.equal(counts.stored_records, stored.length);
+  assert.equal(counts.users, deltas.users.size);
+  assert.equal(counts.events, deltas.events.size);
+}
+
+/** `count` records with ids from `firstId`, spread over `users` users and three events. */
+function spread(firstId: number, count: number, users: number, pad = ""): ProcessedRecord[] {
+  return Array.from({ length: count }, (_, i) =>
+    processed({
+      id: firstId + i,
+      timestamp: toUtcIso(Date.UTC(2025, 0, 15, 10) + (firstId + i) * 1000),
+      user_id: `user_${(firstId + i) % users}`,
+      event: ["login", "click", "logout"][(firstId + i) % 3],
+      value: ((firstId + i) % 9) / 4,
+    }, pad === "" ? {} : { pad }));
+}
+
+Deno.test("openSqliteWriter rejects an invalid checkpoint interval or cache size", () => {
+  assert.throws(
+    () => openSqliteWriter(":memory:", { checkpointIntervalMs: 0 }),
+    /Invalid checkpoint interval 0 ms: expected a positive integer/,
+  );
+  assert.throws(
+    () => openSqliteWriter(":memory:", { cacheRows: 1.5 }),
+    /Invalid cache size 1.5: expected a positive integer/,
+  );
+});
+
+Deno.test("StoreWriter.commit keeps cached aggregates right after a commit that failed", async (t) => {
+  await t.step("after the user and event upserts", async () => {
+    await withStore(async ({ path, writer, reader }) => {
+      await writer.commit([unit(spread(0, 40, 5), [], true)]);
+      const badFailure = { ...failure("transform", 2), raw: { big: 2n } };
+
+      // Fails in the last statement, once users and events of the same keys were merged.
+      await assert.rejects(writer.commit([unit(spread(40, 40, 5), [badFailure], true)]), TypeError);
+      await assertAggregatesMatchRecords(path, reader);
+
+      await writer.commit([unit(spread(40, 40, 7), [], true)]);
+      await assertAggregatesMatchRecords(path, reader);
+      assert.deepEqual(await reader.counts(), {
+        stored_records: 80,
+        failed_records: 0,
+        users: 7,
+        events: 3,
+      });
+    });
+  });
+  await t.step("before them, in the second unit", async () => {
+    await withStore(async ({ path, writer, reader }) => {
+      await writer.commit([unit(spread(0, 30, 4))]);
+      const bad = { ...spread(100, 1, 4)[0], metadata: { big: 1n } };
+
+      await assert.rejects(writer.commit([unit(spread(30, 30, 4)), unit([bad])]), TypeError);
+      await writer.commit([unit(spread(30, 30, 6)), unit(spread(0, 5, 6))]);
+
+      await assertAggregatesMatchRecords(path, reader);
+    });
+  });
+});
+
+Deno.test("StoreWriter.commit re-reads aggregates the bounded cache let go", async () => {
+  await withStore(async ({ path, writer, reader }) => {
+    for (let i = 0; i < 6; i++) await writer.commit([unit(spread(i * 50, 50, 9), [], i % 2 === 0)]);
+
+    await assertAggregatesMatchRecords(path, reader);
+    assert.equal((await reader.counts()).users, 9);
+  }, { synchronous: "normal", cacheRows: 2 });
+});
+
+Deno.test("StoreWriter.commit of two writers on one file interleaving keeps aggregates right", async () => {
+  await withStore(async ({ path, writer, reader }) => {
+    // Another spelling of the same file shares the same cached rows.
+    const other = openSqliteWriter(path.replace("/data/", "/data/../data/"), {
+      synchronous: "normal",
+    });
+    try {
+      for (let i = 0; i < 8; i++) {
+        const w = i % 2 === 0 ? writer : other;
+        // Each commit overlaps the last one by 10 records, so duplicates cross writers too.
+        const outcomes = await w.commit([unit(spread(i * 30, 40, 5), [], true)]);
+        assert.equal(outcomes[0].inserted.filter((x) => !x).length, i === 0 ? 0 : 10);
+        await assertAggregatesMatchRecords(path, reader);
+      }
+      await writer.close();
+      await other.commit([unit(spread(500, 20, 6))]);
+      await assertAggregatesMatchRecords(path, reader);
+    } finally {
+      await other.close();
+    }
+  });
+});
+
+Deno.test("StoreWriter.commit keeps the WAL file bounded over many commits", async () => {
+  await withStore(async ({ path, writer }) => {
+    const pad = "x".repeat(500);
+    let written = 0;
+    for (let i = 0; i < 200; i++) {
+      const records = spread(i * 100, 100, 50, pad);
+      written += records.reduce((n, r) => n + JSON.stringify(r).length, 0);
+      await writer.commit([unit(records, [], true)]);
+      // Turns of the event loop now and then, so the timer runs as well as the fallback.
+      if (i % 25 === 0) await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    const wal = (await Deno.stat(`${path}-wal`)).size;
+    assert.ok(written > 10 * 1024 * 1024, `only ${written} bytes written`);
+    assert.ok(wal < 4 * 1024 * 1024, `WAL of ${wal} bytes after ${written} bytes written`);
+  }, { synchronous: "normal", checkpointIntervalMs: 2 });
+});
+
+Deno.test("openSqliteWriter lets the process exit while its checkpoint timer is pending", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "troupe_sqlite_" });
+  try {
+    const script = `${dir}/open_and_exit.ts`;
+    const moduleUrl = new URL("../../lib/sqlite_store.ts", import.meta.url).href;
+    await Deno.writeTextFile(
+      script,
+      `import { openSqliteWriter } from ${JSON.stringify(moduleUrl)};
+const writer = openSqliteWriter(${JSON.stringify(sqlitePath(`${dir}/data`))});
+await writer.commit([{ records: [], failed: [${JSON.stringify(failure("validate", 1))}] }]);
+console.log("committed, not closed");
+`,
+    );
+    const { code, stdout } = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--allow-all",
+        "--config",
+        new URL("../../deno.json", import.meta.url).pathname,
+        script,
+      ],
+      stdout: "piped",
+      stderr: "inherit",
+      signal: AbortSignal.timeout(30_000),
+    }).output();
+
+    assert.equal(new TextDecoder().decode(stdout).trim(), "committed, not closed");
+    assert.equal(code, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
