@@ -215,6 +215,15 @@ export function startService(config: Config, faults?: FaultInjector): Service {
         rules,
         book,
         evaluationIntervalMs: config.alerts.evaluation_interval,
+        notifier: config.alerts.alertmanager_url === null && config.alerts.webhook_url === null
+          ? undefined
+          : {
+            alertmanagerUrl: config.alerts.alertmanager_url,
+            webhookUrl: config.alerts.webhook_url,
+            intervalMs: config.alerts.resend_interval,
+            onAttempt: (target, outcome) =>
+              metrics.alertNotificationsTotal.inc({ target, outcome }),
+          },
         flusher: new MinuteFlusher(store, config.monitor.retention_days * 86_400_000, Date.now()),
       }
       : undefined,

@@ -13,6 +13,7 @@ import type { History } from "../lib/history.ts";
 import type { MinuteFlusher } from "../lib/history_store.ts";
 import type { AlertBook } from "../lib/alerts.ts";
 import type { AlertRuleSpec } from "./alert_rule.ts";
+import type { MonitorInput } from "./monitor.ts";
 import { FaultInjector } from "../lib/faults.ts";
 import { getLog } from "../lib/log.ts";
 import type { Metrics } from "../lib/metrics.ts";
@@ -68,6 +69,8 @@ export interface MonitorOptions {
   book?: AlertBook;
   /** Evaluation period of the rules, ms. @default 1000 */
   evaluationIntervalMs?: number;
+  /** Where the alerts are sent (Alertmanager, webhook); nowhere when absent. */
+  notifier?: MonitorInput["notifier"];
 }
 
 /** One rule as `GET /v1/alerts/rules` shows it. */
@@ -109,6 +112,7 @@ export class TroupeSystem {
           rules: monitor.rules,
           book: monitor.book,
           evaluationIntervalMs: monitor.evaluationIntervalMs,
+          notifier: monitor.notifier,
         },
       },
       systemId: "root",

@@ -9,7 +9,8 @@
  * ├── collector (systemId "collector") ── lag_probe
  * ├── alert.MemoryLeak   (systemId "alert.MemoryLeak")
  * ├── alert.CpuSpike
- * └── …                  one per built-in or configured rule
+ * ├── …                  one per built-in or configured rule
+ * └── notifier (systemId "notifier") ── deliver   when a target is configured
  * ```
  *
  * Restart strategy: one for one, exponential backoff, the `supervisor`
@@ -30,6 +31,7 @@ import {
 import type { AlertBook } from "../lib/alerts.ts";
 import { alertRuleMachine, type AlertRuleSpec } from "./alert_rule.ts";
 import { type CollectorInput, collectorMachine } from "./collector.ts";
+import { type NotifierInput, notifierMachine } from "./notifier.ts";
 
 /** Input of the monitor supervisor. */
 export interface MonitorInput {
@@ -41,6 +43,8 @@ export interface MonitorInput {
   book?: AlertBook;
   /** Evaluation period of the rules, ms. */
   evaluationIntervalMs?: number;
+  /** Sends the book's alerts to Alertmanager and a webhook; off when absent. */
+  notifier?: Omit<NotifierInput, "book" | "log">;
 }
 
 /** Events the monitor accepts. */
@@ -55,11 +59,21 @@ export const monitorMachine = setup({
     events: {} as MonitorEvent,
     input: {} as MonitorInput,
   },
-  actors: { collector: collectorMachine, rule: alertRuleMachine },
+  actors: { collector: collectorMachine, rule: alertRuleMachine, notifier: notifierMachine },
   actions: {
     spawnChild: assign(({ context, spawn }, id: string) => {
       if (id === "collector") {
         spawn("collector", { id, systemId: id, input: context.collector });
+        return {};
+      }
+      if (id === "notifier") {
+        if (context.notifier !== undefined && context.book !== undefined) {
+          spawn("notifier", {
+            id,
+            systemId: id,
+            input: { ...context.notifier, book: context.book, log: context.log },
+          });
+        }
         return {};
       }
       const spec = context.rules?.find((r) => `alert.${r.name}` === id);
@@ -85,6 +99,7 @@ export const monitorMachine = setup({
   entry: enqueueActions(({ context, enqueue }) => {
     enqueue({ type: "spawnChild", params: "collector" });
     for (const r of context.rules ?? []) enqueue({ type: "spawnChild", params: `alert.${r.name}` });
+    if (context.notifier !== undefined) enqueue({ type: "spawnChild", params: "notifier" });
   }),
   on: {
     "child.respawn": {

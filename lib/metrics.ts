@@ -103,6 +103,8 @@ export interface Metrics {
   breakerState: Gauge<"name">;
   /** `ALERTS{alertname,alertstate,severity}`: 1 per pending or firing alert, as Prometheus names it. */
   alerts: Gauge<"alertname" | "alertstate" | "severity">;
+  /** `troupe_alert_notifications_total{target="alertmanager|webhook",outcome="sent|failed"}`: POSTs of the notifier. */
+  alertNotificationsTotal: Counter<"target" | "outcome">;
 }
 
 /** Options of {@linkcode createMetrics}. */
@@ -231,6 +233,12 @@ export function createMetrics(options: CreateMetricsOptions = {}): Metrics {
       name: "ALERTS",
       help: "Pending and firing alerts of troupe's own rules, 1 each.",
       labelNames: ["alertname", "alertstate", "severity"] as const,
+      registers,
+    }),
+    alertNotificationsTotal: new Counter({
+      name: "troupe_alert_notifications_total",
+      help: "Alert notifications posted by the notifier, by target and outcome.",
+      labelNames: ["target", "outcome"] as const,
       registers,
     }),
   };
