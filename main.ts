@@ -200,7 +200,15 @@ export function startService(config: Config, faults?: FaultInjector): Service {
   const book = new AlertBook();
   const store = new HistoryStore(path);
   const rules = [
-    ...builtinRules({ heapLimitBytes: getHeapStatistics().heap_size_limit }),
+    ...builtinRules({
+      heapLimitBytes: getHeapStatistics().heap_size_limit,
+      memoryLeak: {
+        windowMs: config.alerts.memory_leak.window,
+        bucketMs: config.alerts.memory_leak.bucket,
+        minGrowth: config.alerts.memory_leak.min_growth,
+        forMs: config.alerts.memory_leak.for,
+      },
+    }),
     ...rulesFromConfig(config.alerts.rules),
   ];
   const system = startSystem({

@@ -205,6 +205,8 @@ export const alertRuleMachine = setup({
 export interface BuiltinRuleOptions {
   /** V8's heap limit, bytes, for the memory leak projection. */
   heapLimitBytes: number;
+  /** The memory leak rule's window, bucket, growth and `for` (the `alerts.memory_leak` config). */
+  memoryLeak?: { windowMs: number; bucketMs: number; minGrowth: number; forMs: number };
 }
 
 /** The built-in rules (seed 001's checkers, for this runtime). */
@@ -220,13 +222,13 @@ export function builtinRules(o: BuiltinRuleOptions): AlertRuleSpec[] {
         "Lower pipeline.stages.*.mailbox_capacity if memory is simply too tight",
       ],
       labels: { kind: "memory" },
-      forMs: 60_000,
+      forMs: o.memoryLeak?.forMs ?? 60_000,
       keepFiringForMs: 300_000,
       evaluate: memoryLeak({
-        windowMs: 600_000,
-        bucketMs: 30_000,
+        windowMs: o.memoryLeak?.windowMs ?? 600_000,
+        bucketMs: o.memoryLeak?.bucketMs ?? 30_000,
         minR2: 0.8,
-        minGrowth: 0.1,
+        minGrowth: o.memoryLeak?.minGrowth ?? 0.1,
         minBuckets: 6,
         heapLimitBytes: o.heapLimitBytes,
       }),

@@ -107,9 +107,7 @@ export function memoryLeak(o: MemoryLeakOptions): Evaluator {
         `heap floor ${breach ? "rising" : "changing"} ${
           (perMinute / 1048576).toFixed(2)
         } MiB/min ` +
-        `(R² ${r2.toFixed(2)}, +${(growth * 100).toFixed(1)}% over ${
-          Math.round(o.windowMs / 60000)
-        } min)` +
+        `(R² ${r2.toFixed(2)}, +${(growth * 100).toFixed(1)}% over ${span(o.windowMs)})` +
         (Number.isFinite(toLimitS) && slope > 0
           ? `; heap limit in about ${Math.round(toLimitS / 60)} min`
           : ""),
@@ -201,9 +199,7 @@ export function actorLeak(o: ActorLeakOptions): Evaluator {
         breach,
         clear: !breach,
         description:
-          `${name.slice("actors_".length)} actors ${first} → ${last} in ${
-            Math.round(o.windowMs / 60000)
-          } min` +
+          `${name.slice("actors_".length)} actors ${first} → ${last} in ${span(o.windowMs)}` +
           (breach ? ", still growing" : ""),
       };
       if (
@@ -254,6 +250,11 @@ export function threshold(o: ThresholdOptions): Evaluator {
       description: `${o.fn}(${o.metric}) = ${round(value)} ${o.op} ${o.threshold}`,
     };
   };
+}
+
+/** `24 s`, `10 min`. */
+function span(ms: number): string {
+  return ms < 120_000 ? `${Math.round(ms / 1000)} s` : `${Math.round(ms / 60_000)} min`;
 }
 
 function round(x: number): number {

@@ -508,6 +508,35 @@ export const Config = v.strictObject({
        * @default 30000
        */
       resend_interval: duration(30_000),
+      /** The built-in memory leak rule. */
+      memory_leak: v.nullish(
+        v.strictObject({
+          /**
+           * Window the heap floor is fitted over.
+           * @default 600000 (10 min)
+           */
+          window: duration(600_000),
+          /**
+           * Bucket whose lowest heap sample is its floor.
+           * @default 30000
+           */
+          bucket: duration(30_000),
+          /**
+           * Growth of the floor over the window that counts, as a fraction.
+           * @default 0.1
+           */
+          min_growth: v.nullish(
+            v.pipe(v.number("must be a number"), v.minValue(0, "must be at least 0")),
+            0.1,
+          ),
+          /**
+           * How long the leak must be seen before firing.
+           * @default 60000
+           */
+          for: duration(60_000),
+        }, "must be a mapping"),
+        {},
+      ),
       /** Threshold rules on any series of `GET /v1/metrics/history`. @default [] */
       rules: v.nullish(v.array(AlertRuleConfig, "must be a list"), []),
     }, "must be a mapping"),

@@ -44,6 +44,11 @@ export const FaultPlan = v.strictObject({
    * from the moment the plan is set. @default 0
    */
   storage_outage_ms: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0)), 0),
+  /**
+   * The transform stage keeps this many bytes of heap per batch and never
+   * lets go: a real memory leak, for the memory-leak alert drill. @default 0
+   */
+  leak_bytes_per_batch: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0)), 0),
   /** Stages that choke on poison ids. @default ["transform"] */
   poison_stages: v.optional(
     v.array(v.picklist(["validate", "transform", "aggregate", "store"])),
@@ -77,6 +82,8 @@ export class FaultInjector {
   #thrown = new Map<StageName, number>();
   #random: () => number;
   #outageUntil = 0;
+  /** What the leak drill holds on to. */
+  #leaked: number[][] = [];
 
   /** Throws a `ValiError` for an invalid plan. */
   constructor(input: FaultPlanInput = {}, random: () => number = Math.random) {
@@ -90,6 +97,7 @@ export class FaultInjector {
   /** Whether any fault is configured. */
   get active(): boolean {
     return this.#poison.size > 0 || this.#plan.storage_outage_ms > 0 ||
+      this.#plan.leak_bytes_per_batch > 0 ||
       Object.values(this.#plan.stages).some((s) => s !== undefined);
   }
 
@@ -117,6 +125,13 @@ export class FaultInjector {
 
   /** Throws when `stage` should fail on a batch holding records with `ids`. */
   async check(stage: StageName, ids: () => Iterable<unknown>): Promise<void> {
+    if (stage === "transform" && this.#plan.leak_bytes_per_batch > 0) {
+      // A plain array on the JS heap (strings from repeat/padEnd would be
+      // ropes sharing their parts, and typed arrays live off the heap).
+      this.#leaked.push(
+        new Array(Math.ceil(this.#plan.leak_bytes_per_batch / 8)).fill(this.#leaked.length),
+      );
+    }
     const f = this.#plan.stages[stage];
     if (f !== undefined) {
       if (f.latency_ms > 0) await new Promise((r) => setTimeout(r, f.latency_ms));

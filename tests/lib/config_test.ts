@@ -47,13 +47,20 @@ const DEFAULTS: Config = {
   ingest: { max_wait_ms: 1000, max_concurrent_requests: 64 },
   idempotency: { window_ms: 3_600_000, max_keys: 10_000, max_bytes: 67_108_864 },
   auth: { token: null, protect_metrics: false },
-  faults: { stages: {}, poison_ids: [], storage_outage_ms: 0, poison_stages: ["transform"] },
+  faults: {
+    stages: {},
+    poison_ids: [],
+    storage_outage_ms: 0,
+    leak_bytes_per_batch: 0,
+    poison_stages: ["transform"],
+  },
   monitor: { enabled: true, interval_ms: 1000, retention_days: 7 },
   alerts: {
     evaluation_interval: 1000,
     alertmanager_url: null,
     webhook_url: null,
     resend_interval: 30_000,
+    memory_leak: { window: 600_000, bucket: 30_000, min_growth: 0.1, for: 60_000 },
     rules: [],
   },
 };

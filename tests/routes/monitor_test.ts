@@ -232,3 +232,30 @@ Deno.test("GET /v1/metrics/history reads the SQLite minutes for ranges past the 
     await svc.close();
   }
 });
+
+Deno.test("a real leak (the transform stage keeps heap per batch) fires the MemoryLeak alert", async () => {
+  const faults = new FaultInjector();
+  const svc = await startTestService({
+    alerts: { memory_leak: { window: "24s", bucket: "2s", for: 0, min_growth: 0.1 } },
+  }, faults);
+  try {
+    faults.set({ leak_bytes_per_batch: 400_000 });
+    const deadline = Date.now() + 40_000;
+    let fired: { description: string; severity: string } | undefined;
+    for (let i = 0; fired === undefined && Date.now() < deadline; i++) {
+      assert.equal((await postRecords(svc.url, makeRecords(5, `leak-${i}`))).status, 200);
+      await new Promise((r) => setTimeout(r, 150));
+      if (i % 5 === 0) {
+        const { body } = await getJson(svc.url, "/v1/alerts");
+        fired = body.active.find((a: { name: string; state: string }) =>
+          a.name === "MemoryLeak" && a.state === "firing"
+        );
+      }
+    }
+    assert.ok(fired, "MemoryLeak fired within 40 s of a steady leak");
+    assert.match(fired.description, /heap floor rising [\d.]+ MiB\/min/);
+    assert.match(fired.description, /heap limit in about \d+ min/);
+  } finally {
+    await svc.close();
+  }
+});
