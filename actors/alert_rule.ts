@@ -24,6 +24,7 @@ import {
   cpuSpike,
   type Evaluation,
   type Evaluator,
+  gcPressure,
   memoryLeak,
   threshold,
 } from "../lib/alert_rules.ts";
@@ -278,6 +279,20 @@ export function builtinRules(o: BuiltinRuleOptions): AlertRuleSpec[] {
         threshold: 0.2,
         resolveThreshold: 0.1,
       }),
+    },
+    {
+      name: "GcPressure",
+      severity: "critical",
+      summary: "The heap is near its limit and still growing: collections free little",
+      suggestedActions: [
+        "Lower pipeline.stages.*.mailbox_capacity and ingest.max_concurrent_requests",
+        "Raise the heap limit (--v8-flags=--max-old-space-size=N) if the machine has room",
+        "Look for a leak: see the MemoryLeak rule and GET /v1/actors",
+      ],
+      labels: { kind: "memory" },
+      forMs: 30_000,
+      keepFiringForMs: 60_000,
+      evaluate: gcPressure({ windowMs: 60_000, nearLimit: 0.85, heapLimitBytes: o.heapLimitBytes }),
     },
     {
       name: "MailboxSaturated",

@@ -115,6 +115,33 @@ export function memoryLeak(o: MemoryLeakOptions): Evaluator {
   };
 }
 
+/**
+ * GC pressure: heap used near its limit (over `nearLimit` of it, on average
+ * over the window) while the floor still rises, so collections run often
+ * and free little.
+ */
+export function gcPressure(
+  o: { windowMs: number; nearLimit: number; heapLimitBytes: number },
+): Evaluator {
+  return (history, now) => {
+    const s = history.samples("heap_used_bytes", now - o.windowMs, now);
+    if (s.length < 10) return NO_DATA;
+    const mean = s.reduce((n, [, v]) => n + v, 0) / s.length;
+    const share = mean / o.heapLimitBytes;
+    const { slope } = linearFit(
+      bucketFloors(s, Math.max(1000, o.windowMs / 6)).map(([t, v]) => [t / 1000, v]),
+    );
+    const breach = share > o.nearLimit && slope > 0;
+    return {
+      value: share,
+      breach,
+      clear: share < o.nearLimit * 0.9 || slope <= 0,
+      description: `heap at ${(share * 100).toFixed(0)}% of its limit` +
+        (slope > 0 ? `, floor still rising ${(slope * 60 / 1048576).toFixed(2)} MiB/min` : ""),
+    };
+  };
+}
+
 /** Options of {@linkcode cpuSpike}. */
 export interface CpuSpikeOptions {
   /** EWMA smoothing factor. @default 0.1 */

@@ -1,6 +1,13 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { actorLeak, cpuSpike, linearFit, memoryLeak, threshold } from "../../lib/alert_rules.ts";
+import {
+  actorLeak,
+  cpuSpike,
+  gcPressure,
+  linearFit,
+  memoryLeak,
+  threshold,
+} from "../../lib/alert_rules.ts";
 import { History } from "../../lib/history.ts";
 
 const MiB = 1048576;
@@ -109,4 +116,20 @@ Deno.test("threshold computes value, rate and increase over the window", () => {
   assert.equal(threshold({ ...base, fn: "increase" })(h, at).value, 6000);
   assert.equal(threshold({ ...base, fn: "rate" })(h, at).breach, false);
   assert.equal(threshold({ ...base, metric: "missing", fn: "rate" })(h, at).value, null);
+});
+
+Deno.test("gcPressure fires near the heap limit while the floor rises, not when the heap is high but flat", () => {
+  const limit = 100 * MiB;
+  const rising = new History(1000);
+  const flat = new History(1000);
+  const low = new History(1000);
+  for (let s = 0; s < 60; s++) {
+    rising.record("heap_used_bytes", s * 1000, 86 * MiB + s * 0.1 * MiB + (s % 5) * MiB);
+    flat.record("heap_used_bytes", s * 1000, 90 * MiB + (s % 5) * MiB);
+    low.record("heap_used_bytes", s * 1000, 20 * MiB + s * 0.5 * MiB);
+  }
+  const rule = gcPressure({ windowMs: 60_000, nearLimit: 0.85, heapLimitBytes: limit });
+  assert.equal(rule(rising, 59_000).breach, true);
+  assert.equal(rule(flat, 59_000).breach, false);
+  assert.equal(rule(low, 59_000).breach, false);
 });
