@@ -20,6 +20,7 @@ import type { Metrics } from "../lib/metrics.ts";
 import { dataRecordSchema } from "../lib/schemas.ts";
 import { openSqliteWriter, sqlitePath } from "../lib/sqlite_store.ts";
 import type { StoreWriter } from "../lib/store.ts";
+import { openWorkerWriter } from "../lib/worker_store.ts";
 import { createStageRuntimes, type StageRuntimes } from "./pipeline.ts";
 import { AnomalyTracker } from "./transform_stage.ts";
 import { rootSupervisorMachine } from "./root_supervisor.ts";
@@ -389,8 +390,11 @@ export interface SystemOptions {
 export function startSystem(options: SystemOptions): TroupeSystem {
   const { config, metrics } = options;
   const path = sqlitePath(config.data);
+  const { synchronous, worker } = config.storage;
   const openWriter = options.openWriter ??
-    (() => Promise.resolve(openSqliteWriter(path, { synchronous: config.storage.synchronous })));
+    (worker
+      ? () => openWorkerWriter(path, { synchronous })
+      : () => Promise.resolve(openSqliteWriter(path, { synchronous })));
   return new TroupeSystem({
     config,
     schema: dataRecordSchema({

@@ -1257,7 +1257,14 @@ async function runCommand(command: string, args: string[]): Promise<void> {
 export async function buildBinary(dir: string): Promise<string> {
   if (!existsSync(join(ROOT, "node_modules", "xstate"))) await runCommand(denoPath(), ["install"]);
   const binary = join(dir, "troupe");
-  await runCommand("bun", ["build", "--compile", "--outfile", binary, "main.ts"]);
+  await runCommand("bun", [
+    "build",
+    "--compile",
+    "--outfile",
+    binary,
+    "main.ts",
+    "lib/sqlite_worker.ts",
+  ]);
   return binary;
 }
 

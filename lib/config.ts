@@ -391,6 +391,15 @@ export const Config = v.strictObject({
        * @default "full"
        */
       synchronous: v.nullish(v.picklist(["full", "normal"], 'must be "full" or "normal"'), "full"),
+      /**
+       * Run the SQLite writes on a Worker thread (one per data file, shared
+       * by the storage connections), so commits use the second core while
+       * the main thread serves HTTP; the answer still waits for the commit.
+       * On 2 cores this took 13 % to 80 % more records/s end to end, for
+       * 30 to 110 MB more memory; `false` keeps everything on one thread.
+       * @default true
+       */
+      worker: v.nullish(v.boolean("must be true or false"), true),
     }, "must be a mapping"),
     {},
   ),

@@ -43,7 +43,14 @@ async function buildBinary(dir: string): Promise<string> {
     assert.equal(install.code, 0, `deno install failed:\n${install.stdout}${install.stderr}`);
   }
   const bin = join(dir, "troupe");
-  const build = await run("bun", ["build", "--compile", "--outfile", bin, "main.ts"]);
+  const build = await run("bun", [
+    "build",
+    "--compile",
+    "--outfile",
+    bin,
+    "main.ts",
+    "lib/sqlite_worker.ts",
+  ]);
   assert.equal(build.code, 0, `bun build --compile failed:\n${build.stdout}${build.stderr}`);
   return bin;
 }

@@ -43,7 +43,7 @@ const DEFAULTS: Config = {
   },
   autoscale: { interval_ms: 250, high_watermark: 0.5, low_watermark: 0.1, cooldown_ms: 2000 },
   supervisor: { max_restarts: 5, within_ms: 10_000, backoff_initial_ms: 50, backoff_max_ms: 5000 },
-  storage: { synchronous: "full" },
+  storage: { synchronous: "full", worker: true },
   ingest: { max_wait_ms: 1000, max_concurrent_requests: 64 },
   idempotency: { window_ms: 3_600_000, max_keys: 10_000, max_bytes: 67_108_864 },
   auth: { token: null, protect_metrics: false },

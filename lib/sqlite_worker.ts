@@ -1,0 +1,87 @@
+/**
+ * @module
+ * The entry of the SQLite worker thread behind {@linkcode openWorkerWriter}
+ * (`lib/worker_store.ts`). It holds one {@linkcode openSqliteWriter}
+ * connection per writer of the main thread and answers one message at a
+ * time, so the inserts, the aggregate upserts and the fsync of `COMMIT` run
+ * on this thread while the main one keeps serving HTTP.
+ *
+ * ```
+ * main ──{ id, op: "open",   conn, path, options }──► worker ──{ id, ok: true }──► main
+ * main ──{ id, op: "commit", conn, units: JSON    }──► worker ──{ id, ok: true, value: inserted }
+ * main ──{ id, op: "ping" | "close", conn         }──► worker ──{ id, ok: true }
+ *                                      any failure ──► worker ──{ id, ok: false, error }
+ * ```
+ *
+ * `units` is one JSON string of `[{ records, failed }]`: one string crosses
+ * the thread boundary far faster than structured cloning thousands of
+ * objects, and parsing it here costs the idle thread, not the busy one.
+ * Deltas do not cross: the store recomputes them from the records (the
+ * same sums the aggregate stage made). `inserted` comes back as one string
+ * per unit, `"1"` for a stored record and `"0"` for a duplicate.
+ */
+import { openSqliteWriter, type SqliteOptions } from "./sqlite_store.ts";
+import type { CommitUnit, StoreWriter } from "./store.ts";
+
+/** A request from the main thread. */
+export type WorkerRequest =
+  | { id: number; op: "open"; conn: number; path: string; options: SqliteOptions }
+  | { id: number; op: "commit"; conn: number; units: string }
+  | { id: number; op: "ping" | "close"; conn: number };
+
+/** The answer to one {@linkcode WorkerRequest}, under the same `id`. */
+export type WorkerReply =
+  | { id: number; ok: true; value?: string[] }
+  | { id: number; ok: false; error: { name: string; message: string } };
+
+const writers = new Map<number, StoreWriter>();
+
+function writerOf(conn: number): StoreWriter {
+  const writer = writers.get(conn);
+  if (writer === undefined) throw new Error(`Storage connection ${conn} is not open`);
+  return writer;
+}
+
+async function handle(request: WorkerRequest): Promise<string[] | undefined> {
+  switch (request.op) {
+    case "open":
+      writers.set(request.conn, openSqliteWriter(request.path, request.options));
+      return undefined;
+    case "commit": {
+      const units = JSON.parse(request.units) as CommitUnit[];
+      const outcomes = await writerOf(request.conn).commit(units);
+      return outcomes.map((o) => o.inserted.map((b) => (b ? "1" : "0")).join(""));
+    }
+    case "ping":
+      return void await writerOf(request.conn).ping();
+    case "close": {
+      const writer = writers.get(request.conn);
+      writers.delete(request.conn);
+      return void await writer?.close();
+    }
+    default:
+      throw new TypeError(
+        `Unknown SQLite worker request "${(request as { op?: unknown }).op}"`,
+      );
+  }
+}
+
+/** The worker's global scope, typed here so this file checks beside window code. */
+const scope = globalThis as unknown as {
+  onmessage: ((event: MessageEvent<WorkerRequest>) => void) | null;
+  postMessage(message: WorkerReply): void;
+};
+
+/** Requests run one after another, so two connections' transactions never interleave here. */
+let queue: Promise<unknown> = Promise.resolve();
+
+scope.onmessage = (event) => {
+  const { id } = event.data;
+  queue = queue.then(() => handle(event.data)).then(
+    (value) => scope.postMessage({ id, ok: true, value }),
+    (error) => {
+      const e = error instanceof Error ? error : new Error(String(error));
+      scope.postMessage({ id, ok: false, error: { name: e.name, message: e.message } });
+    },
+  );
+};
