@@ -110,3 +110,69 @@ export async function startServe(
   };
   return { url, child, output, stop };
 }
+
+/** A server from Debian started by a test (Prometheus, Alertmanager). */
+export interface Daemon {
+  url: string;
+  /** Everything it wrote so far. */
+  output(): string;
+  /** SIGTERM, then SIGKILL after 10 s; resolves once it has exited. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts `command` with `args(port)` on a free loopback port and resolves
+ * once `GET /-/ready` answers 2xx. A free port taken meanwhile makes the
+ * daemon exit at once: it is tried again on another port, up to 3 times.
+ */
+export async function startDaemon(
+  name: string,
+  command: string,
+  args: (port: number) => string[],
+  options: { cwd?: string } = {},
+): Promise<Daemon> {
+  for (let attempt = 1;; attempt++) {
+    const port = freePort();
+    const url = `http://127.0.0.1:${port}`;
+    const child = new Deno.Command(command, {
+      args: args(port),
+      cwd: options.cwd,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const chunks: string[] = [];
+    const drained = Promise.all([drainInto(child.stdout, chunks), drainInto(child.stderr, chunks)]);
+    const output = () => chunks.join("");
+    let exited = false;
+    const status = child.status.then(async (s) => {
+      exited = true;
+      await drained;
+      return s;
+    });
+    const stop = async () => {
+      if (!exited) child.kill("SIGTERM");
+      const timer = setTimeout(() => exited || child.kill("SIGKILL"), 10_000);
+      await status;
+      clearTimeout(timer);
+    };
+    const deadline = Date.now() + 30_000;
+    while (true) {
+      if (exited) {
+        const s = await status;
+        if (attempt < 3) break;
+        throw new Error(`${name} exited with code ${s.code} before it was ready:\n${output()}`);
+      }
+      const ready = await fetch(`${url}/-/ready`).then(async (res) => {
+        await res.body?.cancel();
+        return res.ok;
+      }, () => false);
+      if (ready) return { url, output, stop };
+      if (Date.now() > deadline) {
+        await stop();
+        throw new Error(`${name} was not ready on ${url} after 30 s:\n${output()}`);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}

@@ -9,7 +9,7 @@ import { createActor } from "xstate";
 import { fingerprint, notifierMachine } from "../actors/notifier.ts";
 import { AlertBook } from "../lib/alerts.ts";
 import { getLog } from "../lib/log.ts";
-import { freePort } from "./_child_process.ts";
+import { type Daemon, startDaemon } from "./_child_process.ts";
 import { quietLogs, waitFor } from "./_helpers.ts";
 
 const ALERTMANAGER = Deno.env.get("TROUPE_ALERTMANAGER_BIN") ?? "/usr/bin/prometheus-alertmanager";
@@ -21,19 +21,8 @@ receivers:
   - name: "null"
 `;
 
-/** A running Alertmanager. */
-interface Alertmanager {
-  url: string;
-  output(): string;
-  stop(): Promise<void>;
-}
-
-async function drainInto(stream: ReadableStream<Uint8Array>, chunks: string[]): Promise<void> {
-  for await (const text of stream.pipeThrough(new TextDecoderStream())) chunks.push(text);
-}
-
 /** Starts Alertmanager on a free loopback port and waits for `/-/ready` (30 s). */
-async function startAlertmanager(dir: string, attempt = 1): Promise<Alertmanager> {
+async function startAlertmanager(dir: string): Promise<Daemon> {
   const exists = await Deno.stat(ALERTMANAGER).then(() => true, () => false);
   if (!exists) {
     throw new Error(
@@ -42,53 +31,12 @@ async function startAlertmanager(dir: string, attempt = 1): Promise<Alertmanager
   }
   const config = `${dir}/alertmanager.yml`;
   await Deno.writeTextFile(config, CONFIG);
-  const port = freePort();
-  const url = `http://127.0.0.1:${port}`;
-  const child = new Deno.Command(ALERTMANAGER, {
-    args: [
-      `--config.file=${config}`,
-      `--storage.path=${dir}/data`,
-      `--web.listen-address=127.0.0.1:${port}`,
-      "--cluster.listen-address=",
-    ],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const chunks: string[] = [];
-  const drained = Promise.all([drainInto(child.stdout, chunks), drainInto(child.stderr, chunks)]);
-  const output = () => chunks.join("");
-  let exited = false;
-  const status = child.status.then(async (s) => {
-    exited = true;
-    await drained;
-    return s;
-  });
-  const stop = async () => {
-    if (!exited) child.kill("SIGTERM");
-    const timer = setTimeout(() => exited || child.kill("SIGKILL"), 10_000);
-    await status;
-    clearTimeout(timer);
-  };
-  const deadline = Date.now() + 30_000;
-  while (true) {
-    if (exited) {
-      const s = await status;
-      // The free port may have been taken meanwhile: try another one.
-      if (attempt < 3) return startAlertmanager(dir, attempt + 1);
-      throw new Error(`Alertmanager exited with code ${s.code} before it was ready:\n${output()}`);
-    }
-    const ready = await fetch(`${url}/-/ready`).then(async (res) => {
-      await res.body?.cancel();
-      return res.ok;
-    }, () => false);
-    if (ready) return { url, output, stop };
-    if (Date.now() > deadline) {
-      await stop();
-      throw new Error(`Alertmanager was not ready on ${url} after 30 s:\n${output()}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  return await startDaemon("Alertmanager", ALERTMANAGER, (port) => [
+    `--config.file=${config}`,
+    `--storage.path=${dir}/data`,
+    `--web.listen-address=127.0.0.1:${port}`,
+    "--cluster.listen-address=",
+  ]);
 }
 
 interface GettableAlert {
@@ -110,7 +58,7 @@ async function alertsNamed(url: string, name: string): Promise<GettableAlert[]> 
 Deno.test("notifierMachine posts firing and resolved alerts to a real Alertmanager", async () => {
   await quietLogs();
   const dir = await Deno.makeTempDir({ prefix: "troupe_alertmanager_" });
-  let am: Alertmanager | undefined;
+  let am: Daemon | undefined;
   let actor: ReturnType<typeof createActor<typeof notifierMachine>> | undefined;
   try {
     am = await startAlertmanager(dir);

@@ -5,7 +5,7 @@
  * posted show up in a query of `troupe_records_total`.
  */
 import assert from "node:assert/strict";
-import { freePort } from "./_child_process.ts";
+import { type Daemon, startDaemon } from "./_child_process.ts";
 import {
   postRecords,
   SEED_RECORDS,
@@ -16,19 +16,8 @@ import {
 
 const PROMETHEUS = Deno.env.get("TROUPE_PROMETHEUS_BIN") ?? "/usr/bin/prometheus";
 
-/** A running Prometheus. */
-interface Prometheus {
-  url: string;
-  output(): string;
-  stop(): Promise<void>;
-}
-
-async function drainInto(stream: ReadableStream<Uint8Array>, chunks: string[]): Promise<void> {
-  for await (const text of stream.pipeThrough(new TextDecoderStream())) chunks.push(text);
-}
-
 /** Starts Prometheus scraping `target` (host:port) every second; waits for `/-/ready` (30 s). */
-async function startPrometheus(dir: string, target: string, attempt = 1): Promise<Prometheus> {
+async function startPrometheus(dir: string, target: string): Promise<Daemon> {
   const exists = await Deno.stat(PROMETHEUS).then(() => true, () => false);
   if (!exists) {
     throw new Error(
@@ -49,53 +38,11 @@ scrape_configs:
       - targets: ["${target}"]
 `,
   );
-  const port = freePort();
-  const url = `http://127.0.0.1:${port}`;
-  const child = new Deno.Command(PROMETHEUS, {
-    args: [
-      `--config.file=${config}`,
-      `--storage.tsdb.path=${dir}/data`,
-      `--web.listen-address=127.0.0.1:${port}`,
-    ],
-    cwd: dir,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const chunks: string[] = [];
-  const drained = Promise.all([drainInto(child.stdout, chunks), drainInto(child.stderr, chunks)]);
-  const output = () => chunks.join("");
-  let exited = false;
-  const status = child.status.then(async (s) => {
-    exited = true;
-    await drained;
-    return s;
-  });
-  const stop = async () => {
-    if (!exited) child.kill("SIGTERM");
-    const timer = setTimeout(() => exited || child.kill("SIGKILL"), 10_000);
-    await status;
-    clearTimeout(timer);
-  };
-  const deadline = Date.now() + 30_000;
-  while (true) {
-    if (exited) {
-      const s = await status;
-      // The free port may have been taken meanwhile: try another one.
-      if (attempt < 3) return startPrometheus(dir, target, attempt + 1);
-      throw new Error(`Prometheus exited with code ${s.code} before it was ready:\n${output()}`);
-    }
-    const ready = await fetch(`${url}/-/ready`).then(async (res) => {
-      await res.body?.cancel();
-      return res.ok;
-    }, () => false);
-    if (ready) return { url, output, stop };
-    if (Date.now() > deadline) {
-      await stop();
-      throw new Error(`Prometheus was not ready on ${url} after 30 s:\n${output()}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  return await startDaemon("Prometheus", PROMETHEUS, (port) => [
+    `--config.file=${config}`,
+    `--storage.tsdb.path=${dir}/data`,
+    `--web.listen-address=127.0.0.1:${port}`,
+  ], { cwd: dir });
 }
 
 // deno-lint-ignore no-explicit-any
@@ -110,7 +57,7 @@ async function api(url: string, path: string): Promise<any> {
 Deno.test("a real Prometheus scrapes troupe's /metrics and finds troupe_records_total", async () => {
   const dir = await Deno.makeTempDir({ prefix: "troupe_prometheus_" });
   let service: TestService | undefined;
-  let prometheus: Prometheus | undefined;
+  let prometheus: Daemon | undefined;
   try {
     service = await startTestService();
     const target = `127.0.0.1:${service.server.port}`;
