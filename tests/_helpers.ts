@@ -4,6 +4,7 @@
  * SQLite file in a temporary directory, and seed 000's records.
  */
 import { type Config, parseConfig } from "../lib/config.ts";
+import { type ProcessedRecord, type RecordId, toUtcIso } from "../lib/schemas.ts";
 import type { FaultInjector } from "../lib/faults.ts";
 import { setupLogging } from "../lib/log.ts";
 import { type Service, startService } from "../main.ts";
@@ -142,3 +143,32 @@ export function makeRecords(n: number, prefix = "r", users = 10): Record<string,
   }
   return out;
 }
+
+/** When the fixtures below were "received". */
+export const FIXTURE_RECEIVED_AT = "2025-01-15T10:00:06Z";
+
+/** A record as the transform stage would leave it, for storage tests. */
+export function processedRecord(
+  r: { id: RecordId; timestamp: string; user_id: string; event: string; value: number },
+  extra: Partial<ProcessedRecord> = {},
+): ProcessedRecord {
+  const timestamp_ms = Date.parse(r.timestamp);
+  return {
+    id: r.id,
+    timestamp: toUtcIso(timestamp_ms),
+    timestamp_ms,
+    user_id: r.user_id,
+    event: r.event,
+    value: r.value,
+    metadata: {},
+    received_at: FIXTURE_RECEIVED_AT,
+    anomaly_score: 0,
+    is_anomaly: false,
+    ...extra,
+  };
+}
+
+/** Seed 000's two records, transformed. */
+export const SEED_PROCESSED: ProcessedRecord[] = SEED_RECORDS.map(({ metadata, ...r }) =>
+  processedRecord(r, { metadata })
+);

@@ -22,29 +22,15 @@ import {
   SUMMARY_FILE,
 } from "../../lib/jsonl_store.ts";
 import type { EventAggregate, FailedRecord, ProcessedRecord, RecordId } from "../../lib/schemas.ts";
-import { recordKey, toUtcIso } from "../../lib/schemas.ts";
+import { recordKey } from "../../lib/schemas.ts";
+import { processedRecord } from "../_helpers.ts";
 import type { CommitUnit } from "../../lib/store.ts";
-
-const RECEIVED_AT = "2025-01-15T10:00:06Z";
 
 function processed(
   r: { id: RecordId; timestamp: string; user_id: string; event: string; value: number },
   extra: Partial<ProcessedRecord> = {},
 ): ProcessedRecord {
-  const timestamp_ms = Date.parse(r.timestamp);
-  return {
-    id: r.id,
-    timestamp: toUtcIso(timestamp_ms),
-    timestamp_ms,
-    user_id: r.user_id,
-    event: r.event,
-    value: r.value,
-    metadata: {},
-    received_at: RECEIVED_AT,
-    anomaly_score: 0,
-    is_anomaly: false,
-    ...extra,
-  };
+  return processedRecord(r, extra);
 }
 
 const SEED_000 = [

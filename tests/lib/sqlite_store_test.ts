@@ -22,53 +22,16 @@ import {
   sqlitePath,
 } from "../../lib/sqlite_store.ts";
 import type { CommitUnit, StoreReader, StoreWriter } from "../../lib/store.ts";
-
-const RECEIVED_AT = "2025-01-15T10:00:06Z";
+import { processedRecord, SEED_PROCESSED, SEED_USER } from "../_helpers.ts";
 
 function processed(
   r: { id: RecordId; timestamp: string; user_id: string; event: string; value: number },
   metadata: Record<string, unknown> = {},
 ): ProcessedRecord {
-  const timestamp_ms = Date.parse(r.timestamp);
-  return {
-    id: r.id,
-    timestamp: toUtcIso(timestamp_ms),
-    timestamp_ms,
-    user_id: r.user_id,
-    event: r.event,
-    value: r.value,
-    metadata,
-    received_at: RECEIVED_AT,
-    anomaly_score: 0,
-    is_anomaly: false,
-  };
+  return processedRecord(r, { metadata });
 }
 
-/** Seed 000's two sample records. */
-const SEED = [
-  processed({
-    id: 1,
-    timestamp: "2025-01-15T10:00:00Z",
-    user_id: "user_001",
-    event: "login",
-    value: 1.0,
-  }, { ip: "192.168.1.1" }),
-  processed({
-    id: 2,
-    timestamp: "2025-01-15T10:00:05Z",
-    user_id: "user_001",
-    event: "page_view",
-    value: 0.5,
-  }, { page: "/home" }),
-];
-
-const SEED_USER = {
-  user_id: "user_001",
-  total_events: 2,
-  total_value: 1.5,
-  events: ["login", "page_view"],
-  last_activity: "2025-01-15T10:00:05Z",
-};
+const SEED = SEED_PROCESSED;
 
 function failure(stage: StageName, n: number, record_id: RecordId | null = n): FailedRecord {
   return {
