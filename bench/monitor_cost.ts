@@ -16,7 +16,18 @@
  *   [--retries 2] [--json FILE]
  * deno run -A bench/monitor_cost.ts summary FILE.json... [--max-noise 0.3]
  * deno run -A bench/monitor_cost.ts steady [--runtime deno|bun] [--iterations 2000]
+ * deno run -A bench/monitor_cost.ts cpu [--rate 60000] [--batch 1000] [--duration 15]
+ *   [--warmup 2] [--connections 16] [--minutes 12] [--rounds 1000] [--runtime deno|bun]
+ *   [--json FILE]
  * ```
+ *
+ * `cpu` measures the cost as server CPU per record rather than records/s:
+ * the same open-loop load (`--rate` records/s, well below saturation) on a
+ * monitor-on and a monitor-off server in alternation, round after round
+ * until `--minutes` have passed, and for each the server's CPU seconds
+ * (user + system, all threads, from `/proc/PID/stat`) over the measured
+ * window divided by the records it accepted. Prints µs per record on and
+ * off, the per-round on/off ratio and its 95 % confidence interval.
  *
  * `steady` covers what a short run cannot: the history after 15 minutes,
  * when every ring is full. It takes the series names from a live server
@@ -196,6 +207,184 @@ export function formatSummary(everything: MonitorMeasurement[], maxNoise = 0.3):
   return lines.join("\n");
 }
 
+/** One round of the `cpu` subcommand: CPU µs per accepted record, monitor on and off. */
+export interface CpuRound {
+  round: number;
+  order: "on, off" | "off, on";
+  on: LoadReport;
+  off: LoadReport;
+}
+
+/** Server CPU µs per accepted record in the window of `r`. */
+export function cpuUsPerRecord(r: LoadReport): number {
+  return r.server === null || r.accepted === 0 ? NaN : (r.server.cpuS * 1e6) / r.accepted;
+}
+
+/** Two-sided 95 % quantile of Student's t with `df` degrees of freedom. */
+export function t95(df: number): number {
+  const table = [
+    NaN,
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.16,
+    2.145,
+    2.131,
+    2.12,
+    2.11,
+    2.101,
+    2.093,
+    2.086,
+    2.08,
+    2.074,
+    2.069,
+    2.064,
+    2.06,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+  ];
+  return df < table.length ? table[df] : df < 60 ? 2.01 : 1.98;
+}
+
+/** The `cpu` summary as markdown: a row per round, then means and the on/off interval. */
+export function formatCpuSummary(rounds: CpuRound[]): string {
+  const row = (cells: Array<string | number>) => `| ${cells.join(" | ")} |`;
+  const lines = [
+    row([
+      "round",
+      "order",
+      "on µs/record",
+      "off µs/record",
+      "on / off",
+      "on cores",
+      "off cores",
+      "noise on",
+      "noise off",
+    ]),
+    "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+  ];
+  const ratios: number[] = [];
+  for (const r of rounds) {
+    const a = cpuUsPerRecord(r.on);
+    const b = cpuUsPerRecord(r.off);
+    ratios.push(a / b);
+    lines.push(row([
+      r.round,
+      r.order,
+      a.toFixed(2),
+      b.toFixed(2),
+      (a / b).toFixed(3),
+      r.on.server?.cores ?? NaN,
+      r.off.server?.cores ?? NaN,
+      noiseCores(r.on),
+      noiseCores(r.off),
+    ]));
+  }
+  const on = spread(rounds.map((r) => cpuUsPerRecord(r.on)));
+  const off = spread(rounds.map((r) => cpuUsPerRecord(r.off)));
+  const rs = spread(ratios);
+  const se = rs.sd / Math.sqrt(ratios.length);
+  const half = t95(ratios.length - 1) * se;
+  const pct = (x: number) => `${x >= 0 ? "+" : "−"}${Math.abs(x * 100).toFixed(2)} %`;
+  lines.push(
+    "",
+    `monitor on: ${on.mean.toFixed(2)} ± ${on.sd.toFixed(2)} µs/record; off: ${
+      off.mean.toFixed(2)
+    } ± ${off.sd.toFixed(2)} µs/record (mean ± sd over ${rounds.length} rounds)`,
+    `on / off per round: mean ${rs.mean.toFixed(4)}, sd ${rs.sd.toFixed(4)}, standard error ${
+      se.toFixed(4)
+    }; 95 % interval ${(rs.mean - half).toFixed(4)} to ${(rs.mean + half).toFixed(4)} ` +
+      `(${pct(rs.mean - 1)}, ${pct(rs.mean - half - 1)} to ${pct(rs.mean + half - 1)}); ` +
+      `ratio of the means ${(on.mean / off.mean).toFixed(4)}`,
+  );
+  return lines.join("\n");
+}
+
+/** The `cpu` subcommand: alternating on/off servers under the same open-loop load. */
+export async function cpuCost(
+  runtime: Runtime,
+  o: {
+    rate: number;
+    batch: number;
+    connections: number;
+    durationS: number;
+    warmupS: number;
+    minutes: number;
+    rounds: number;
+    json?: string;
+  },
+): Promise<string> {
+  const tails = recordTails();
+  const la = () => loadavg().map((x) => x.toFixed(2)).join(" ");
+  const head = [...describeMachine(), `load average at start: ${la()}`];
+  const deadline = Date.now() + o.minutes * 60_000;
+  const rounds: CpuRound[] = [];
+  const one = async (monitor: boolean): Promise<LoadReport> => {
+    const s = await startWithMonitor(runtime, monitor);
+    try {
+      await sleep(2000);
+      return await runLoad({
+        url: s.url,
+        pid: s.pid,
+        batch: o.batch,
+        connections: o.connections,
+        durationS: o.durationS,
+        warmupS: o.warmupS,
+        rate: o.rate,
+        tails,
+        timeoutMs: 30_000,
+      });
+    } finally {
+      await stopServer(s);
+    }
+  };
+  for (let round = 1; round <= o.rounds && Date.now() < deadline; round++) {
+    const order = round % 2 === 1 ? [true, false] : [false, true];
+    const got: Record<string, LoadReport> = {};
+    for (const monitor of order) {
+      const r = await one(monitor);
+      got[monitor ? "on" : "off"] = r;
+      process.stderr.write(
+        `round ${round} monitor ${monitor ? "on " : "off"}: ${f0(r.recordsPerS)} records/s, ` +
+          `cpu ${r.server?.cpuS} s, ${
+            cpuUsPerRecord(r).toFixed(2)
+          } µs/record, cores ${r.server?.cores}, late ${r.late}, noise ${noiseCores(r)}, failed ${
+            JSON.stringify(r.errors)
+          }\n`,
+      );
+    }
+    rounds.push({
+      round,
+      order: round % 2 === 1 ? "on, off" : "off, on",
+      on: got.on,
+      off: got.off,
+    });
+    if (o.json) {
+      writeFileSync(o.json, JSON.stringify({ machine: head, rounds }, null, 2) + "\n");
+    }
+  }
+  return [
+    ...head,
+    `load average at end: ${la()}`,
+    `${runtime}, open loop ${f0(o.rate)} records/s, B${o.batch}, at most ${o.connections} in ` +
+    `flight, ${o.warmupS} s warm-up + ${o.durationS} s measured per server, 2 s after /readyz`,
+    "",
+    formatCpuSummary(rounds),
+  ].join("\n");
+}
+
 /** Microseconds per call of `f`, the median of 5 runs of `iterations` calls. */
 function timeUs(iterations: number, f: () => unknown): number {
   const runs: number[] = [];
@@ -279,6 +468,8 @@ export async function main(args: string[]): Promise<number> {
       "max-noise": { type: "string", default: "0.3" },
       retries: { type: "string", default: "2" },
       json: { type: "string" },
+      rate: { type: "string", default: "60000" },
+      minutes: { type: "string", default: "12" },
     },
   });
   const runtime = values.runtime as Runtime;
@@ -294,6 +485,23 @@ export async function main(args: string[]): Promise<number> {
       for (const m of results) all.push({ ...m, round: base + m.round });
     }
     console.log(formatSummary(all, Number(values["max-noise"])));
+    return 0;
+  }
+  if (positionals[0] === "cpu") {
+    const dflt = (name: string, fallback: string) =>
+      args.some((a) => a === `--${name}` || a.startsWith(`--${name}=`)) ? undefined : fallback;
+    console.log(
+      await cpuCost(runtime, {
+        rate: Number(values.rate),
+        batch: Number(values.batch),
+        connections: Number(values.connections),
+        durationS: Number(dflt("duration", "15") ?? values.duration),
+        warmupS: Number(dflt("warmup", "2") ?? values.warmup),
+        minutes: Number(values.minutes),
+        rounds: Number(dflt("rounds", "1000") ?? values.rounds),
+        json: values.json,
+      }),
+    );
     return 0;
   }
   if (positionals[0] === "steady") {
