@@ -722,13 +722,20 @@ class SqliteWriter implements StoreWriter {
     return { keys, stored };
   }
 
-  /** Merges the deltas into `users`; returns how many users are new. */
-  #applyUsers(deltas: Map<string, UserDelta>): number {
-    if (deltas.size === 0) return 0;
-    const cache = this.#shared.users;
-    const current = new Map<string, CachedUser>();
+  /**
+   * The stored rows of `keys`: from the cache, else read in chunks. Also
+   * counts the keys that have no row yet (new users or event types).
+   */
+  #current<T, Row>(
+    keys: Iterable<string>,
+    cache: LruMap<T>,
+    statement: string,
+    sql: (n: number) => string,
+    fromRow: (row: Row) => [string, T],
+  ): { current: Map<string, T>; created: number } {
+    const current = new Map<string, T>();
     const missing: string[] = [];
-    for (const key of deltas.keys()) {
+    for (const key of keys) {
       const cached = cache.get(key);
       if (cached === undefined) missing.push(key);
       else current.set(key, cached);
@@ -736,20 +743,29 @@ class SqliteWriter implements StoreWriter {
     let created = 0;
     for (let start = 0; start < missing.length; start += CHUNK_ROWS) {
       const chunk = missing.slice(start, start + CHUNK_ROWS);
-      const select = this.#statement(
-        "users.select",
-        chunk.length,
-        () =>
-          `SELECT user_id, total_events, total_value, events, last_activity, last_ms
-             FROM users WHERE user_id IN (${list(chunk.length)})`,
-      );
-      let found = 0;
-      for (const row of select.all(...chunk) as unknown as UserRow[]) {
-        current.set(row.user_id, { user: storedUser(row), eventsJson: row.events });
-        found++;
+      const rows = this.#statement(statement, chunk.length, () => sql(chunk.length))
+        .all(...chunk) as unknown as Row[];
+      for (const row of rows) {
+        const [key, value] = fromRow(row);
+        current.set(key, value);
       }
-      created += chunk.length - found;
+      created += chunk.length - rows.length;
     }
+    return { current, created };
+  }
+
+  /** Merges the deltas into `users`; returns how many users are new. */
+  #applyUsers(deltas: Map<string, UserDelta>): number {
+    if (deltas.size === 0) return 0;
+    const { current, created } = this.#current(
+      deltas.keys(),
+      this.#shared.users,
+      "users.select",
+      (n) =>
+        `SELECT user_id, total_events, total_value, events, last_activity, last_ms
+           FROM users WHERE user_id IN (${list(n)})`,
+      (row: UserRow) => [row.user_id, { user: storedUser(row), eventsJson: row.events }],
+    );
 
     const keys = [...deltas.keys()];
     const pending = this.#pendingUsers;
@@ -790,31 +806,15 @@ class SqliteWriter implements StoreWriter {
   /** Merges the deltas into `events`; returns how many event types are new. */
   #applyEvents(deltas: Map<string, EventDelta>): number {
     if (deltas.size === 0) return 0;
-    const cache = this.#shared.events;
-    const current = new Map<string, EventAggregate>();
-    const missing: string[] = [];
-    for (const key of deltas.keys()) {
-      const cached = cache.get(key);
-      if (cached === undefined) missing.push(key);
-      else current.set(key, cached);
-    }
-    let created = 0;
-    for (let start = 0; start < missing.length; start += CHUNK_ROWS) {
-      const chunk = missing.slice(start, start + CHUNK_ROWS);
-      const select = this.#statement(
-        "events.select",
-        chunk.length,
-        () =>
-          `SELECT event, count, total_value, min_value, max_value
-             FROM events WHERE event IN (${list(chunk.length)})`,
-      );
-      let found = 0;
-      for (const row of select.all(...chunk) as unknown as EventAggregate[]) {
-        current.set(row.event, eventAggregate(row));
-        found++;
-      }
-      created += chunk.length - found;
-    }
+    const { current, created } = this.#current(
+      deltas.keys(),
+      this.#shared.events,
+      "events.select",
+      (n) =>
+        `SELECT event, count, total_value, min_value, max_value
+           FROM events WHERE event IN (${list(n)})`,
+      (row: EventAggregate) => [row.event, eventAggregate(row)],
+    );
 
     const keys = [...deltas.keys()];
     const pending = this.#pendingEvents;
