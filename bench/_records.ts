@@ -20,6 +20,7 @@
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { type ProcessedRecord, toUtcIso } from "../lib/schemas.ts";
 import { writeRecords } from "./make_records.ts";
 
 /** Distinct record tails built by default; bodies cycle through them. */
@@ -90,4 +91,30 @@ export class BodyMaker {
     }
     return this.#encoder.encode(parts.join(""));
   }
+}
+
+const PROCESSED_EVENTS = ["login", "page_view", "click", "purchase", "logout"];
+const PROCESSED_START_MS = Date.UTC(2025, 0, 15, 10);
+
+/**
+ * `count` transformed records with ids `firstId`, `firstId + 1`, …, over 100
+ * users and 5 event types, as the store stage receives them (store benches).
+ */
+export function processedRecords(firstId: number, count: number): ProcessedRecord[] {
+  return Array.from({ length: count }, (_, i) => {
+    const id = firstId + i;
+    const timestamp_ms = PROCESSED_START_MS + id * 10;
+    return {
+      id,
+      timestamp: toUtcIso(timestamp_ms),
+      timestamp_ms,
+      user_id: `user_${String(id % 100).padStart(3, "0")}`,
+      event: PROCESSED_EVENTS[i % PROCESSED_EVENTS.length],
+      value: (id % 97) / 4,
+      metadata: { ip: "192.168.1.1", page: `/p/${id % 13}` },
+      received_at: toUtcIso(timestamp_ms + 5),
+      anomaly_score: 0,
+      is_anomaly: false,
+    };
+  });
 }

@@ -17,15 +17,13 @@
  * Run: `deno bench --allow-all bench/worker_store_bench.ts`
  */
 import type { ProcessedRecord } from "../lib/schemas.ts";
-import { toUtcIso } from "../lib/schemas.ts";
 import { openSqliteWriter, sqlitePath } from "../lib/sqlite_store.ts";
 import type { CommitUnit, StoreWriter } from "../lib/store.ts";
+import { processedRecords } from "./_records.ts";
 import { openWorkerWriter } from "../lib/worker_store.ts";
 import { aggregateRecords } from "../lib/aggregate.ts";
 
 const RECORDS = 1000;
-const EVENTS = ["login", "page_view", "click", "purchase", "logout"];
-const START_MS = Date.UTC(2025, 0, 15, 10);
 
 const dir = Deno.makeTempDirSync({ prefix: "troupe_worker_store_bench_" });
 globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
@@ -34,22 +32,9 @@ let nextId = 0;
 
 /** `count` records with ids never used before. */
 function freshRecords(count: number): ProcessedRecord[] {
-  return Array.from({ length: count }, (_, i) => {
-    const id = nextId++;
-    const timestamp_ms = START_MS + id * 10;
-    return {
-      id,
-      timestamp: toUtcIso(timestamp_ms),
-      timestamp_ms,
-      user_id: `user_${String(id % 100).padStart(3, "0")}`,
-      event: EVENTS[i % EVENTS.length],
-      value: (id % 97) / 4,
-      metadata: { ip: "192.168.1.1", page: `/p/${id % 13}` },
-      received_at: toUtcIso(timestamp_ms + 5),
-      anomaly_score: 0,
-      is_anomaly: false,
-    };
-  });
+  const records = processedRecords(nextId, count);
+  nextId += count;
+  return records;
 }
 
 function freshUnits(): CommitUnit[] {
