@@ -50,11 +50,13 @@ export async function startServe(
   command: string,
   args: string[],
   data: string,
+  /** More `serve` options, such as `["--config", file]`. */
+  extra: string[] = [],
 ): Promise<ServeProcess> {
   const port = freePort();
   const url = `http://127.0.0.1:${port}`;
   const child = new Deno.Command(command, {
-    args: [...args, "serve", "--port", String(port), "--data", data],
+    args: [...args, "serve", "--port", String(port), "--data", data, ...extra],
     cwd: ROOT,
     env: CHILD_ENV,
     stdin: "null",

@@ -15,10 +15,8 @@
  * loop cannot offer requests faster than the server takes them.
  */
 import assert from "node:assert/strict";
-import { fileURLToPath } from "node:url";
-import { getJson, makeRecords, waitFor } from "./_helpers.ts";
-
-const ROOT = fileURLToPath(new URL("../", import.meta.url));
+import { startServe } from "./_child_process.ts";
+import { getJson, makeRecords } from "./_helpers.ts";
 
 /** Concurrent clients, each keeping one request in flight: far above the cap of 4. */
 const CLIENTS = 48;
@@ -42,45 +40,17 @@ pipeline:
     store: { mailbox_capacity: 500 }
 `;
 
-/** A free loopback port: bound, read and released, for the child to take. */
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr as Deno.NetAddr;
-  listener.close();
-  return port;
-}
-
 Deno.test("POST /v1/records under overload answers only 200 or 429 with Retry-After and stays ready", async () => {
   const dir = await Deno.makeTempDir({ prefix: "troupe_overload_" });
   const config = `${dir}/troupe.yaml`;
   await Deno.writeTextFile(config, CONFIG);
-  const port = freePort();
-  const url = `http://127.0.0.1:${port}`;
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-all",
-      "main.ts",
-      "serve",
-      "--port",
-      String(port),
-      "--data",
-      `${dir}/data`,
-      "--config",
-      config,
-    ],
-    cwd: ROOT,
-    env: { TROUPE_FAULTS: "", TROUPE_STATUS: "0", TROUPE_LOG_LEVEL: "error" },
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  const stderr = new Response(child.stderr).text();
-  const ready = () =>
-    fetch(`${url}/readyz`).then(async (r) => {
-      await r.body?.cancel();
-      return r.status === 200;
-    }, () => false);
+  const server = await startServe(
+    Deno.execPath(),
+    ["run", "--allow-all", "main.ts"],
+    `${dir}/data`,
+    ["--config", config, "--log-level", "error"],
+  );
+  const { url } = server;
   // Bodies are made by replacing a placeholder in ready NDJSON so that the
   // client spends its time sending rather than serializing.
   const template = makeRecords(BATCH, PLACEHOLDER).map((r) => JSON.stringify(r)).join("\n");
@@ -89,7 +59,6 @@ Deno.test("POST /v1/records under overload answers only 200 or 429 with Retry-Af
   let acknowledged = 0;
   let sequence = 0;
   try {
-    await waitFor(ready, 30_000, "troupe serve ready");
     const deadline = Date.now() + BLAST_MS;
     const client = async (n: number) => {
       while (Date.now() < deadline) {
@@ -149,12 +118,8 @@ Deno.test("POST /v1/records under overload answers only 200 or 429 with Retry-Af
     assert.equal(status.status, 200);
     assert.equal(status.body.stored_records, acknowledged);
   } finally {
-    try {
-      child.kill("SIGTERM");
-    } catch { /* already gone */ }
-    const { code } = await child.status;
-    const output = await stderr;
+    const { code } = await server.stop("SIGTERM");
     await Deno.remove(dir, { recursive: true }).catch(() => {});
-    assert.equal(code, 0, `exit code ${code}; stderr:\n${output}`);
+    assert.equal(code, 0, `exit code ${code}; output:\n${server.output()}`);
   }
 });
