@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { FaultInjector } from "../lib/faults.ts";
 import { envOverrides } from "../main.ts";
-import { freePort } from "./_child_process.ts";
+import { startServe } from "./_child_process.ts";
 import {
   getJson,
   makeRecords,
@@ -315,43 +315,15 @@ Deno.test("GET /metrics of a live service passes promtool check metrics", async 
 
 Deno.test("serve --status prints a one-line status every second and SIGTERM exits 0", async () => {
   const dir = await Deno.makeTempDir({ prefix: "troupe_status_" });
-  const port = freePort();
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-all",
-      "main.ts",
-      "serve",
-      "--port",
-      String(port),
-      "--data",
-      dir,
-      "--status",
-    ],
-    env: { TROUPE_FAULTS: "", TROUPE_TOKEN: "" },
-    stdout: "piped",
-    stderr: "null",
-  }).spawn();
+  const STATUS_LINE =
+    /records\/s +\d+ \| latency [\d.]+ ms \| errors [\d.]+% \| actors \d+ \| in flight \d+ \| rss \d+ MiB\n/;
   try {
-    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-    let seen = "";
-    const deadline = Date.now() + 15_000;
-    while (
-      !/records\/s +\d+ \| latency [\d.]+ ms \| errors [\d.]+% \| actors \d+ \| in flight \d+ \| rss \d+ MiB\n/
-        .test(seen)
-    ) {
-      if (Date.now() > deadline) throw new Error(`no status line in ${JSON.stringify(seen)}`);
-      const { value, done } = await reader.read();
-      if (done) throw new Error(`stdout closed: ${JSON.stringify(seen)}`);
-      seen += value;
-    }
-    child.kill("SIGTERM");
-    while (!(await reader.read()).done) { /* drain */ }
-    assert.equal((await child.status).code, 0);
+    const server = await startServe(Deno.execPath(), ["run", "--allow-all", "main.ts"], dir, [
+      "--status",
+    ]);
+    await waitFor(() => STATUS_LINE.test(server.output()), 15_000, "a status line");
+    assert.equal((await server.stop("SIGTERM")).code, 0);
   } finally {
-    try {
-      child.kill("SIGKILL");
-    } catch { /* already gone */ }
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 });
