@@ -396,7 +396,7 @@ export const Config = v.strictObject({
        * by the storage connections), so commits use the second core while
        * the main thread serves HTTP; the answer still waits for the commit.
        * On 2 cores this took 13 % to 80 % more records/s end to end, for
-       * 30 to 110 MB more memory; `false` keeps everything on one thread.
+       * 30 to 110 MB more memory (docs/PERFORMANCE.md); `false` keeps everything on one thread.
        * @default true
        */
       worker: v.nullish(v.boolean("must be true or false"), true),
