@@ -101,7 +101,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     });
     app.use("/v1/*", auth);
     if (config.auth.protect_metrics) app.use("/metrics", auth);
-    app.route("/", createAdminRoutes({ faults: system.deps.faults }));
+    app.route("/", createAdminRoutes({ faults: system.deps.faults, system }));
   }
   app.route("/", createHealthRoutes({ system, version: VERSION }));
   const idempotency = new IdempotencyCache({

@@ -178,6 +178,21 @@ export class TroupeSystem {
     });
   }
 
+  /** Whether the monitor (collector, alert rules, notifier) is running; `null` when none was configured. */
+  get monitorEnabled(): boolean | null {
+    const context = this.root.getSnapshot().context;
+    if (context.monitor === undefined) return null;
+    return !context.monitorPaused;
+  }
+
+  /**
+   * Stops or restarts the monitor at run time. Alerts in the book stay as
+   * they are; the rules start again from `inactive` on resume.
+   */
+  setMonitor(enabled: boolean): void {
+    this.root.send({ type: enabled ? "monitor.resume" : "monitor.pause" });
+  }
+
   /** Starts the supervision tree. */
   start(): this {
     this.root.start();

@@ -22,9 +22,11 @@
  * States: `running`, `stopping` (after `shutdown`: readiness drops, the
  * pipeline drains), `failed`. Events in: `shutdown`, `pipeline.respawn`
  * (its own, delayed), `xstate.error.actor.pipeline`, `monitor.respawn`,
- * `xstate.error.actor.monitor`.
+ * `xstate.error.actor.monitor`, and `monitor.pause` / `monitor.resume`
+ * (an operator turning the monitor off and on at run time, through
+ * `PUT /v1/admin/monitor`; the pipeline does not notice).
  */
-import { assign, enqueueActions, setup } from "xstate";
+import { type AnyActorRef, assign, enqueueActions, setup } from "xstate";
 import { freshRestartMemory, planRestart, type RestartMemory } from "../lib/backoff.ts";
 import type { StageDeps } from "./_stage_deps.ts";
 import { type MonitorInput, monitorMachine } from "./monitor.ts";
@@ -44,11 +46,16 @@ export type RootEvent =
   | { type: "pipeline.respawn" }
   | { type: "xstate.error.actor.pipeline"; error: unknown }
   | { type: "monitor.respawn" }
+  | { type: "monitor.pause" }
+  | { type: "monitor.resume" }
   | { type: "xstate.error.actor.monitor"; error: unknown };
 
 interface RootContext extends RootInput, RestartMemory {
   restarts: number;
   lastError: string | null;
+  /** The monitor was stopped by `monitor.pause`: no respawn until `monitor.resume`. */
+  monitorPaused: boolean;
+  monitorRef?: AnyActorRef;
 }
 
 /** The root of the supervision tree. */
@@ -61,10 +68,16 @@ export const rootSupervisorMachine = setup({
   actors: { pipeline: pipelineMachine, monitor: monitorMachine },
   actions: {
     spawnMonitor: assign(({ context, spawn }) => {
-      if (context.monitor !== undefined) {
-        spawn("monitor", { id: "monitor", systemId: "monitor", input: context.monitor });
-      }
-      return {};
+      // A resume and a crash's delayed respawn may both ask: one monitor only.
+      const running = context.monitorRef?.getSnapshot().status === "active";
+      if (context.monitor === undefined || context.monitorPaused || running) return {};
+      return {
+        monitorRef: spawn("monitor", {
+          id: "monitor",
+          systemId: "monitor",
+          input: context.monitor,
+        }),
+      };
     }),
     spawnPipeline: assign(({ context, spawn }) => {
       spawn("pipeline", {
@@ -82,10 +95,22 @@ export const rootSupervisorMachine = setup({
     ...freshRestartMemory(input.deps.config.supervisor),
     restarts: 0,
     lastError: null,
+    monitorPaused: false,
   }),
   entry: ["spawnPipeline", "spawnMonitor"],
   on: {
     "monitor.respawn": { actions: "spawnMonitor" },
+    "monitor.pause": {
+      guard: ({ context }) => !context.monitorPaused,
+      actions: enqueueActions(({ enqueue }) => {
+        enqueue.stopChild("monitor");
+        enqueue.assign({ monitorPaused: true });
+      }),
+    },
+    "monitor.resume": {
+      guard: ({ context }) => context.monitorPaused,
+      actions: [assign({ monitorPaused: false }), "spawnMonitor"],
+    },
     "xstate.error.actor.monitor": {
       actions: enqueueActions(({ context, event, enqueue }) => {
         const reason = event.error instanceof Error ? event.error.message : String(event.error);

@@ -61,6 +61,8 @@ export interface LoadOptions {
   timeoutMs?: number;
   /** Record tails to build bodies from (see `bench/_records.ts`). */
   tails?: readonly string[];
+  /** Extra request headers, such as `authorization`. */
+  headers?: Record<string, string>;
 }
 
 /** Figures of one load run. */
@@ -212,7 +214,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
   }
   if (rate !== null && !(rate > 0)) throw new RangeError(`Rate must be above 0 (got ${rate})`);
   const bodies = new BodyMaker({ batch, idStart: options.idStart ?? 1, tails: options.tails });
-  const headers = { "content-type": "application/x-ndjson" };
+  const headers = { "content-type": "application/x-ndjson", ...options.headers };
 
   const latencies: number[] = [];
   const errors: Record<string, number> = {};

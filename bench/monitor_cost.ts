@@ -16,6 +16,8 @@
  *   [--retries 2] [--json FILE]
  * deno run -A bench/monitor_cost.ts summary FILE.json... [--max-noise 0.3]
  * deno run -A bench/monitor_cost.ts steady [--runtime deno|bun] [--iterations 2000]
+ * deno run -A bench/monitor_cost.ts toggle [--window 4] [--pairs 40] [--batch 1000]
+ *   [--connections 16] [--runtime deno|bun] [--max-noise 0.3] [--retries 2] [--json FILE]
  * deno run -A bench/monitor_cost.ts cpu [--rate 60000] [--batch 1000] [--duration 15]
  *   [--warmup 2] [--connections 16] [--minutes 12] [--rounds 1000] [--runtime deno|bun]
  *   [--json FILE]
@@ -28,6 +30,19 @@
  * (user + system, all threads, from `/proc/PID/stat`) over the measured
  * window divided by the records it accepted. Prints µs per record on and
  * off, the per-round on/off ratio and its 95 % confidence interval.
+ *
+ * `toggle` compares on and off inside ONE server, which takes away what
+ * differs between two processes (where the allocator and the JIT landed,
+ * the data file's place on disk): the server runs with the monitor on, and
+ * the bench turns it off and on through `PUT /v1/admin/monitor` between
+ * closed-loop windows of `--window` seconds in the order on, off, off, on,
+ * on, off, ... Each adjacent on/off pair gives a ratio of records/s (and
+ * of server CPU per record); a drift of the machine or a data file that
+ * grows hits both windows of a pair alike, and the order flips every pair.
+ * A pair during which other processes took more than `--max-noise` cores
+ * is measured again, up to `--retries` times in a row (then kept, and the
+ * noise shows in the log). Prints the per-pair ratios, their mean and 95 %
+ * confidence interval.
  *
  * `steady` covers what a short run cannot: the history after 15 minutes,
  * when every ring is full. It takes the series names from a live server
@@ -385,6 +400,164 @@ export async function cpuCost(
   ].join("\n");
 }
 
+/** One window of the `toggle` subcommand. */
+export interface ToggleWindow {
+  pair: number;
+  monitor: boolean;
+  report: LoadReport;
+}
+
+/** The token the `toggle` server is started with (admin routes need one). */
+const TOGGLE_TOKEN = "bench-monitor-toggle-token";
+
+/** The `toggle` subcommand: monitor on and off in turns inside one server. */
+export async function toggleCost(
+  runtime: Runtime,
+  o: {
+    windowS: number;
+    pairs: number;
+    batch: number;
+    connections: number;
+    maxNoise: number;
+    retries: number;
+    json?: string;
+  },
+): Promise<string> {
+  const tails = recordTails();
+  const la = () => loadavg().map((x) => x.toFixed(2)).join(" ");
+  const head = [...describeMachine(), `load average at start: ${la()}`];
+  const s = await startServer(runtime, "main.ts", (dir) => {
+    const config = join(dir, "troupe.yaml");
+    writeFileSync(
+      config,
+      `storage:\n  synchronous: full\nauth:\n  token: ${TOGGLE_TOKEN}\n`,
+    );
+    return ["serve", "--port", "0", "--data", join(dir, "data"), "--config", config];
+  }, { ready: true });
+  const windows: ToggleWindow[] = [];
+  let idStart = 1;
+  try {
+    const setMonitor = async (enabled: boolean) => {
+      const res = await fetch(`${s.url}/v1/admin/monitor`, {
+        method: "PUT",
+        headers: { authorization: `Bearer ${TOGGLE_TOKEN}`, "content-type": "application/json" },
+        body: JSON.stringify({ enabled }),
+      });
+      const body = await res.json();
+      if (res.status !== 200 || body.enabled !== enabled) {
+        throw new Error(`PUT /v1/admin/monitor ${enabled}: ${res.status} ${JSON.stringify(body)}`);
+      }
+    };
+    const headers = { authorization: `Bearer ${TOGGLE_TOKEN}` };
+    // Warm the JIT and the data file before the first measured window.
+    await runLoad({
+      headers,
+      url: s.url,
+      batch: o.batch,
+      connections: o.connections,
+      durationS: 3,
+      warmupS: 0,
+      tails,
+    });
+    idStart = 10_000_000;
+    let tries = 0;
+    for (let pair = 1; pair <= o.pairs; pair++) {
+      const order = pair % 2 === 1 ? [true, false] : [false, true];
+      const got: ToggleWindow[] = [];
+      for (const monitor of order) {
+        await setMonitor(monitor);
+        const report = await runLoad({
+          url: s.url,
+          pid: s.pid,
+          batch: o.batch,
+          connections: o.connections,
+          durationS: o.windowS,
+          warmupS: 0.5,
+          idStart,
+          tails,
+          headers,
+        });
+        // Fresh ids each window (far more than a window can send), so nothing is a duplicate.
+        idStart += 10_000_000;
+        got.push({ pair, monitor, report });
+        process.stderr.write(
+          `pair ${pair} monitor ${monitor ? "on " : "off"}: ${f0(report.recordsPerS)} records/s, ` +
+            `${cpuUsPerRecord(report).toFixed(2)} µs/record, cores ${report.server?.cores}, ` +
+            `noise ${noiseCores(report)}, failed ${JSON.stringify(report.errors)}\n`,
+        );
+      }
+      // Other processes taking CPU during either window spoil the pair: measure it again.
+      if (got.some((w) => noiseCores(w.report) > o.maxNoise) && ++tries <= o.retries) {
+        process.stderr.write(`pair ${pair}: noise over ${o.maxNoise} cores, measured again\n`);
+        pair--;
+        continue;
+      }
+      tries = 0;
+      windows.push(...got);
+      if (o.json) {
+        writeFileSync(o.json, JSON.stringify({ machine: head, windows }, null, 2) + "\n");
+      }
+    }
+  } finally {
+    await stopServer(s);
+  }
+  return [
+    ...head,
+    `load average at end: ${la()}`,
+    `${runtime}, one server, closed loop B${o.batch} C${o.connections}, windows of ` +
+    `0.5 s warm-up + ${o.windowS} s measured, monitor switched by PUT /v1/admin/monitor`,
+    "",
+    formatToggleSummary(windows),
+  ].join("\n");
+}
+
+/** Mean and 95 % confidence interval of `ratios`, as text. */
+function ratioInterval(label: string, ratios: number[]): string {
+  const rs = spread(ratios);
+  const half = t95(ratios.length - 1) * rs.sd / Math.sqrt(ratios.length);
+  const pct = (x: number) => `${x >= 0 ? "+" : "−"}${Math.abs(x * 100).toFixed(2)} %`;
+  return `${label}: mean ${rs.mean.toFixed(4)} (${pct(rs.mean - 1)}), sd ${rs.sd.toFixed(4)}, ` +
+    `95 % interval ${(rs.mean - half).toFixed(4)} to ${(rs.mean + half).toFixed(4)} ` +
+    `(${pct(rs.mean - half - 1)} to ${pct(rs.mean + half - 1)}) over ${ratios.length} pairs`;
+}
+
+/** The `toggle` summary: a row per pair, then the on/off intervals. */
+export function formatToggleSummary(windows: ToggleWindow[]): string {
+  const row = (cells: Array<string | number>) => `| ${cells.join(" | ")} |`;
+  const lines = [
+    row(["pair", "order", "on records/s", "off records/s", "on / off", "on µs/rec", "off µs/rec"]),
+    "|---:|---|---:|---:|---:|---:|---:|",
+  ];
+  const rate: number[] = [];
+  const cpu: number[] = [];
+  const pairs = [...new Set(windows.map((w) => w.pair))];
+  for (const pair of pairs) {
+    const on = windows.find((w) => w.pair === pair && w.monitor)?.report;
+    const off = windows.find((w) => w.pair === pair && !w.monitor)?.report;
+    if (on === undefined || off === undefined) continue;
+    rate.push(on.recordsPerS / off.recordsPerS);
+    cpu.push(cpuUsPerRecord(on) / cpuUsPerRecord(off));
+    lines.push(row([
+      pair,
+      pair % 2 === 1 ? "on, off" : "off, on",
+      f0(on.recordsPerS),
+      f0(off.recordsPerS),
+      (on.recordsPerS / off.recordsPerS).toFixed(3),
+      cpuUsPerRecord(on).toFixed(2),
+      cpuUsPerRecord(off).toFixed(2),
+    ]));
+  }
+  const on = spread(windows.filter((w) => w.monitor).map((w) => w.report.recordsPerS));
+  const off = spread(windows.filter((w) => !w.monitor).map((w) => w.report.recordsPerS));
+  lines.push(
+    "",
+    `records/s: on ${f0(on.mean)} ± ${f0(on.sd)}, off ${f0(off.mean)} ± ${f0(off.sd)} (mean ± sd)`,
+    ratioInterval("throughput on / off", rate),
+    ratioInterval("CPU per record on / off", cpu),
+  );
+  return lines.join("\n");
+}
+
 /** Microseconds per call of `f`, the median of 5 runs of `iterations` calls. */
 function timeUs(iterations: number, f: () => unknown): number {
   const runs: number[] = [];
@@ -470,6 +643,8 @@ export async function main(args: string[]): Promise<number> {
       json: { type: "string" },
       rate: { type: "string", default: "60000" },
       minutes: { type: "string", default: "12" },
+      window: { type: "string", default: "4" },
+      pairs: { type: "string", default: "40" },
     },
   });
   const runtime = values.runtime as Runtime;
@@ -499,6 +674,20 @@ export async function main(args: string[]): Promise<number> {
         warmupS: Number(dflt("warmup", "2") ?? values.warmup),
         minutes: Number(values.minutes),
         rounds: Number(dflt("rounds", "1000") ?? values.rounds),
+        json: values.json,
+      }),
+    );
+    return 0;
+  }
+  if (positionals[0] === "toggle") {
+    console.log(
+      await toggleCost(runtime, {
+        windowS: Number(values.window),
+        pairs: Number(values.pairs),
+        batch: Number(values.batch),
+        connections: Number(values.connections),
+        maxNoise: Number(values["max-noise"]),
+        retries: Number(values.retries),
         json: values.json,
       }),
     );

@@ -7,38 +7,78 @@
  * |---|---|
  * | `GET /v1/admin/faults` | the fault plan in force |
  * | `PUT /v1/admin/faults` | replaces it (a `FaultPlan`, see `lib/faults.ts`); `{}` turns faults off |
+ * | `GET /v1/admin/monitor` | `{"enabled": bool}`: whether the monitor runs |
+ * | `PUT /v1/admin/monitor` | `{"enabled": bool}` stops or restarts the collector, alert rules and notifier; 409 when `monitor.enabled` is false in the config |
  */
-import { Hono } from "hono";
+import { type Context, Hono } from "hono";
 import * as v from "valibot";
+import type { TroupeSystem } from "../actors/mod.ts";
 import { type FaultInjector, FaultPlan } from "../lib/faults.ts";
 import { ApiError } from "./_errors.ts";
 import type { AppEnv } from "./_middleware.ts";
 
 /** Routes for operators. */
-export function createAdminRoutes(deps: { faults: FaultInjector }): Hono<AppEnv> {
-  const { faults } = deps;
+export function createAdminRoutes(
+  deps: { faults: FaultInjector; system: TroupeSystem },
+): Hono<AppEnv> {
+  const { faults, system } = deps;
   const app = new Hono<AppEnv>();
 
   app.get("/v1/admin/faults", (c) => c.json(faults.plan));
 
   app.put("/v1/admin/faults", async (c) => {
-    let json: unknown;
-    try {
-      json = await c.req.json();
-    } catch (error) {
-      throw new ApiError(400, "invalid_json", `Body is not JSON: ${(error as Error).message}`);
-    }
-    const plan = v.safeParse(FaultPlan, json);
-    if (!plan.success) {
-      throw new ApiError(422, "invalid_fault_plan", "Invalid fault plan", {
-        details: {
-          issues: plan.issues.map((i) => ({ path: v.getDotPath(i) ?? "", message: i.message })),
-        },
-      });
-    }
-    faults.set(plan.output);
+    const plan = parseBody(
+      FaultPlan,
+      await readJson(c),
+      "invalid_fault_plan",
+      "Invalid fault plan",
+    );
+    faults.set(plan);
     return c.json(faults.plan);
   });
 
+  app.get("/v1/admin/monitor", (c) => c.json({ enabled: system.monitorEnabled === true }));
+
+  app.put("/v1/admin/monitor", async (c) => {
+    const { enabled } = parseBody(MonitorSwitch, await readJson(c), "invalid_body", "Invalid body");
+    if (system.monitorEnabled === null) {
+      throw new ApiError(
+        409,
+        "monitor_disabled",
+        "The monitor is disabled in the configuration (monitor.enabled: false)",
+      );
+    }
+    system.setMonitor(enabled);
+    return c.json({ enabled: system.monitorEnabled });
+  });
+
   return app;
+}
+
+/** Body of `PUT /v1/admin/monitor`. */
+const MonitorSwitch = v.strictObject({ enabled: v.boolean() });
+
+async function readJson(c: Context<AppEnv>): Promise<unknown> {
+  try {
+    return await c.req.json();
+  } catch (error) {
+    throw new ApiError(400, "invalid_json", `Body is not JSON: ${(error as Error).message}`);
+  }
+}
+
+function parseBody<S extends v.GenericSchema>(
+  schema: S,
+  json: unknown,
+  code: string,
+  message: string,
+): v.InferOutput<S> {
+  const parsed = v.safeParse(schema, json);
+  if (!parsed.success) {
+    throw new ApiError(422, code, message, {
+      details: {
+        issues: parsed.issues.map((i) => ({ path: v.getDotPath(i) ?? "", message: i.message })),
+      },
+    });
+  }
+  return parsed.output;
 }

@@ -108,9 +108,13 @@ export async function postRecords(
 }
 
 /** GETs `path` and returns status and parsed body. */
-// deno-lint-ignore no-explicit-any
-export async function getJson(url: string, path: string): Promise<{ status: number; body: any }> {
-  const res = await fetch(`${url}${path}`);
+export async function getJson(
+  url: string,
+  path: string,
+  headers: Record<string, string> = {},
+  // deno-lint-ignore no-explicit-any
+): Promise<{ status: number; body: any }> {
+  const res = await fetch(`${url}${path}`, { headers });
   return { status: res.status, body: await res.json() };
 }
 

@@ -252,6 +252,63 @@ Deno.test("a token guards every /v1 route and enables the admin routes", async (
   }
 });
 
+Deno.test("PUT /v1/admin/monitor stops and restarts the monitor at run time", async () => {
+  const token = "s3cret-token-0123456789";
+  const auth = { authorization: `Bearer ${token}` };
+  const put = (body: unknown, url: string) =>
+    fetch(`${url}/v1/admin/monitor`, {
+      method: "PUT",
+      headers: { ...auth, "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+  const actorIds = async (url: string) => {
+    const tree = (await getJson(url, "/v1/actors", auth)).body as { children: { id: string }[] };
+    return tree.children.map((c) => c.id);
+  };
+  const svc = await startTestService({ auth: { token }, monitor: { interval_ms: 1000 } });
+  try {
+    assert.deepEqual((await getJson(svc.url, "/v1/admin/monitor", auth)).body, { enabled: true });
+    assert.ok((await actorIds(svc.url)).includes("monitor"));
+
+    const off = await put({ enabled: false }, svc.url);
+    assert.equal(off.status, 200);
+    assert.deepEqual(await off.json(), { enabled: false });
+    assert.ok(!(await actorIds(svc.url)).includes("monitor"));
+    assert.equal(svc.system.alertRules([]).length, 0);
+    // The pipeline does not notice.
+    assert.equal((await postRecords(svc.url, SEED_RECORDS, auth)).status, 200);
+
+    const on = await put({ enabled: true }, svc.url);
+    assert.deepEqual(await on.json(), { enabled: true });
+    assert.ok((await actorIds(svc.url)).includes("monitor"));
+    // Twice on is still one monitor.
+    assert.equal((await put({ enabled: true }, svc.url)).status, 200);
+    assert.equal((await actorIds(svc.url)).filter((id) => id === "monitor").length, 1);
+
+    const bad = await put({ enabled: "yes" }, svc.url);
+    assert.equal(bad.status, 422);
+    assert.equal((await bad.json()).error.code, "invalid_body");
+    const notJson = await fetch(`${svc.url}/v1/admin/monitor`, {
+      method: "PUT",
+      headers: { ...auth, "content-type": "application/json" },
+      body: "{",
+    });
+    assert.equal(notJson.status, 400);
+    assert.equal((await notJson.json()).error.code, "invalid_json");
+  } finally {
+    await svc.close();
+  }
+  const disabled = await startTestService({ auth: { token }, monitor: { enabled: false } });
+  try {
+    const res = await put({ enabled: true }, disabled.url);
+    assert.equal(res.status, 409);
+    assert.equal((await res.json()).error.code, "monitor_disabled");
+    assert.ok(!(await actorIds(disabled.url)).includes("monitor"));
+  } finally {
+    await disabled.close();
+  }
+});
+
 Deno.test("admin routes do not exist without a token", async () => {
   const svc = await startTestService();
   try {
