@@ -55,6 +55,11 @@ import { createIngestRoutes } from "./routes/ingest.ts";
 import { createQueryRoutes } from "./routes/query.ts";
 import { countActors, createStatusRoutes } from "./routes/status.ts";
 import { runProcess } from "./lib/process_file.ts";
+import { SilenceStore } from "./lib/silences.ts";
+import { createConfigRoutes } from "./routes/config.ts";
+import { createDashboardRoutes } from "./routes/dashboard.ts";
+import { createSilenceRoutes } from "./routes/silences.ts";
+import { createStreamRoutes, liveSource, StreamHub } from "./routes/stream.ts";
 
 /** troupe's version, from `deno.json`. */
 export const VERSION: string = denoJson.version;
@@ -71,11 +76,16 @@ export interface AppDeps {
   book: AlertBook;
   rules: AlertRuleSpec[];
   store?: HistoryStore;
+  /** Alert silences; without them the silence routes do not exist. */
+  silences?: SilenceStore;
+  /** The live streams of `GET /v1/stream`; one is made when absent. */
+  streams?: StreamHub;
 }
 
 /** Builds the Hono app: middleware, every route, the JSON error handlers. */
 export function createApp(deps: AppDeps): Hono<AppEnv> {
-  const { system, reader, metrics, stats, config, history, custom, book, rules, store } = deps;
+  const { system, reader, metrics, stats, config, history, custom, book, rules, store, silences } =
+    deps;
   const app = new Hono<AppEnv>();
   app.use(requestId());
   app.use(httpMetrics(metrics));
@@ -125,8 +135,22 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   app.route("/", createStatusRoutes({ system, reader, metrics, stats, book }));
   app.route(
     "/",
-    createMonitorRoutes({ history, custom, book, rules: () => system.alertRules(rules), store }),
+    createMonitorRoutes({
+      history,
+      custom,
+      book,
+      rules: () => system.alertRules(rules),
+      store,
+      silences,
+    }),
   );
+  // The dashboard: its page (public), its live stream, silences and the config (under /v1).
+  app.route("/", createDashboardRoutes({ tokenRequired: token !== null }));
+  const streams = deps.streams ??
+    new StreamHub({ source: liveSource({ system, history, book, silences, version: VERSION }) });
+  app.route("/", createStreamRoutes({ hub: streams }));
+  if (silences !== undefined) app.route("/", createSilenceRoutes({ silences }));
+  app.route("/", createConfigRoutes({ config }));
   app.notFound(notFound);
   app.onError(onError(getLog("http")));
   return app;
@@ -137,6 +161,8 @@ export interface Service {
   system: TroupeSystem;
   server: Server;
   reader: StoreReader;
+  /** The open `GET /v1/stream` streams. */
+  streams: StreamHub;
   /** Drains and stops everything; resolves with whether all accepted batches were committed. */
   stop(): Promise<boolean>;
 }
@@ -164,6 +190,7 @@ function ingestReadings(stats: IngestStats): () => Record<string, number> {
       ingest_requests_per_second: (stats.requests - last.requests) / seconds,
       ingest_errors_per_second: (stats.failedRequests - last.failed) / seconds,
       ingest_latency_mean_ms: latency.mean,
+      ingest_latency_p50_ms: latency.p50,
       ingest_latency_p99_ms: latency.p99,
       // Prometheus-style names, so config rules can say `metric: troupe_records_total`.
       'troupe_records_total{outcome="accepted"}': stats.accepted,
@@ -199,6 +226,7 @@ export function startService(config: Config, faults?: FaultInjector): Service {
   const custom = new CustomMetrics(metrics.registry, { history });
   const book = new AlertBook();
   const store = new HistoryStore(path);
+  const silences = new SilenceStore(path);
   const rules = [
     ...builtinRules({
       heapLimitBytes: getHeapStatistics().heap_size_limit,
@@ -231,10 +259,15 @@ export function startService(config: Config, faults?: FaultInjector): Service {
             intervalMs: config.alerts.resend_interval,
             onAttempt: (target, outcome) =>
               metrics.alertNotificationsTotal.inc({ target, outcome }),
+            silenced: (alert) => silences.isSilenced(alert),
           },
         flusher: new MinuteFlusher(store, config.monitor.retention_days * 86_400_000, Date.now()),
       }
       : undefined,
+  });
+  const streams = new StreamHub({
+    source: liveSource({ system, history, book, silences, version: VERSION }),
+    intervalMs: Math.min(500, config.monitor.interval_ms),
   });
   const app = createApp({
     system,
@@ -247,6 +280,8 @@ export function startService(config: Config, faults?: FaultInjector): Service {
     book,
     rules,
     store,
+    silences,
+    streams,
   });
   const server = serve(app.fetch, { hostname: config.server.host, port: config.server.port });
   const log = getLog("main");
@@ -274,6 +309,8 @@ export function startService(config: Config, faults?: FaultInjector): Service {
       const started = Date.now();
       // Readiness drops at once; requests already inside finish with their batches.
       const drained = system.drain(Math.max(0, timeout - 500));
+      // Open event streams would hold the server's shutdown: end them first.
+      streams.closeAll();
       const closed = server.shutdown();
       const ok = await drained;
       await Promise.race([
@@ -283,6 +320,7 @@ export function startService(config: Config, faults?: FaultInjector): Service {
       system.stop();
       await reader.close();
       store.close();
+      silences.close();
       const ms = Date.now() - started;
       log.info(
         `Stopped in ${ms} ms; ${ok ? "every accepted batch committed" : "drain timed out"}`,
@@ -301,7 +339,7 @@ export function startService(config: Config, faults?: FaultInjector): Service {
       data: config.data,
     },
   );
-  return { system, server, reader, stop };
+  return { system, server, reader, streams, stop };
 }
 
 /**

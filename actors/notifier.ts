@@ -14,8 +14,12 @@
  *
  * Pending alerts are never sent. A resolved notification always follows
  * a firing one that reached a target, even when the resolved alert has
- * already left the book. The book is polled every `pollMs`, so a change
- * goes out within about a second; the book is only read.
+ * already left the book. A silenced alert (`silenced`, from the silences
+ * set on the dashboard) is not sent as firing while the silence lasts; one
+ * that was sent before its silence began is not sent again, but its
+ * resolved notification still goes out. The book is polled every
+ * `pollMs`, so a change goes out within about a second; the book is only
+ * read.
  *
  * Each target is one region of a parallel machine; a failed POST (network
  * error, timeout, non-2xx answer) is logged, counted and retried with
@@ -76,6 +80,8 @@ export interface NotifierInput {
   log: Logger;
   /** Told about every attempt (to count them, e.g. in a prom-client counter). */
   onAttempt?: (target: NotifyTarget, outcome: "sent" | "failed") => void;
+  /** Whether an alert is silenced now (not sent as firing). @default () => false */
+  silenced?: (alert: Alert) => boolean;
 }
 
 /** An alert as it was when sent. */
@@ -136,8 +142,9 @@ function snapshot(a: Alert): AlertSnapshot {
 /**
  * What `notified` must hear now: the firing alerts it has not heard about
  * or not for `resendMs` (all firing ones in `"group"` mode, when anything
- * is due), and every alert it heard firing that no longer fires. `null`
- * when nothing is due.
+ * is due), and every alert it heard firing that no longer fires. Silenced
+ * alerts are left out of the firing ones, but still count as firing (no
+ * resolved notification while they fire). `null` when nothing is due.
  */
 export function planDelivery(
   target: NotifyTarget,
@@ -146,13 +153,15 @@ export function planDelivery(
   now: number,
   resendMs: number,
   mode: "each" | "group",
+  silenced: (alert: Alert) => boolean = () => false,
 ): Delivery | null {
-  const firing = book.active().filter((a) => a.state === "firing");
+  const all = book.active().filter((a) => a.state === "firing");
+  const firing = all.filter((a) => !silenced(a));
   const due = firing.filter((a) => {
     const n = notified.get(a.id);
     return n === undefined || now - n.sentAt >= resendMs;
   });
-  const firingIds = new Set(firing.map((a) => a.id));
+  const firingIds = new Set(all.map((a) => a.id));
   const resolvedById = new Map(book.resolved().map((a) => [a.id, a]));
   const resolved: AlertSnapshot[] = [];
   for (const [id, n] of notified) {
@@ -354,6 +363,7 @@ function plan(context: NotifierContext, target: NotifyTarget): Delivery | null {
       now,
       input.intervalMs,
       "each",
+      input.silenced,
     )
     : planDelivery(
       target,
@@ -362,6 +372,7 @@ function plan(context: NotifierContext, target: NotifyTarget): Delivery | null {
       now,
       input.webhookRepeatMs ?? 14_400_000,
       "group",
+      input.silenced,
     );
 }
 

@@ -55,13 +55,14 @@ export class IngestStats {
     return this.#rate;
   }
 
-  /** Mean and 99th percentile of the last 1024 request latencies, ms. */
-  latency(): { mean: number; p99: number } {
+  /** Mean, median and 99th percentile of the last 1024 request latencies, ms. */
+  latency(): { mean: number; p50: number; p99: number } {
     const n = Math.min(this.#latencyCount, WINDOW);
-    if (n === 0) return { mean: 0, p99: 0 };
+    if (n === 0) return { mean: 0, p50: 0, p99: 0 };
     const xs = Array.from(this.#latencies.subarray(0, n)).sort((a, b) => a - b);
     const mean = xs.reduce((s, x) => s + x, 0) / n;
-    return { mean, p99: xs[Math.min(n - 1, Math.ceil(n * 0.99) - 1)] };
+    const at = (q: number) => xs[Math.min(n - 1, Math.max(0, Math.ceil(n * q) - 1))];
+    return { mean, p50: at(0.5), p99: at(0.99) };
   }
 
   /** Share of records rejected, 0 to 1. */

@@ -6,7 +6,7 @@
  * |---|---|
  * | `GET /v1/metrics/history` | `{"series":[names]}` |
  * | `GET /v1/metrics/history?name=&from=&to=&step=` | `{"name","from","to","step_ms","points":[{"t","min","mean","max","count"}]}`; `from`/`to` are epoch ms or ISO 8601 (default: the last 15 minutes), `step` in ms or like `1s`, `1m` (default 1 s). Steps of a minute or more also read the 1-minute history kept in SQLite (7 days) |
- * | `GET /v1/alerts` | `{"active":[alerts],"resolved":[alerts]}`; an alert has `id`, `name`, `state`, `severity`, `summary`, `description`, `labels`, `value`, `starts_at`, `ends_at`, `suggested_actions` |
+ * | `GET /v1/alerts` | `{"active":[alerts],"resolved":[alerts]}`; an alert has `id`, `name`, `state`, `severity`, `summary`, `description`, `labels`, `value`, `starts_at`, `ends_at`, `suggested_actions`, and `silenced`, `silenced_by` (the ids of the active silences that match it) |
  * | `GET /v1/alerts/rules` | `{"rules":[{"name","state","severity","summary","for_ms","keep_firing_for_ms","value","description"}]}` |
  * | `POST /v1/metrics/custom` | `{"name","value","labels","type":"gauge|counter"}` → 200 `{"series"}`; 422 past the series bound |
  */
@@ -17,6 +17,7 @@ import type { RuleStatus } from "../actors/mod.ts";
 import type { AlertBook } from "../lib/alerts.ts";
 import type { History } from "../lib/history.ts";
 import { type HistoryStore, mergeSteps } from "../lib/history_store.ts";
+import { markSilenced, type SilenceStore } from "../lib/silences.ts";
 import { ApiError } from "./_errors.ts";
 import type { AppEnv } from "./_middleware.ts";
 
@@ -63,14 +64,20 @@ export interface MonitorRouteDeps {
   rules: () => RuleStatus[];
   /** The downsampled history in SQLite, for ranges past the in-memory 15 minutes. */
   store?: HistoryStore;
+  /** Silences, to mark the alerts they match. */
+  silences?: SilenceStore;
 }
 
 /** History, alert and custom metric routes. */
 export function createMonitorRoutes(deps: MonitorRouteDeps): Hono<AppEnv> {
-  const { history, custom, book, rules, store } = deps;
+  const { history, custom, book, rules, store, silences } = deps;
   const app = new Hono<AppEnv>();
 
-  app.get("/v1/alerts", (c) => c.json({ active: book.active(), resolved: book.resolved() }));
+  app.get("/v1/alerts", (c) =>
+    c.json({
+      active: markSilenced(book.active(), silences),
+      resolved: markSilenced(book.resolved(), silences),
+    }));
 
   app.get("/v1/alerts/rules", (c) => c.json({ rules: rules() }));
 

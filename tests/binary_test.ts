@@ -115,6 +115,7 @@ Deno.test("bun build --compile makes a troupe binary that serves and processes s
       const data = join(dir, "data");
       const server = await startServe(bin, data);
       let code: number | undefined;
+      let openStream: ReadableStreamDefaultReader<Uint8Array> | undefined;
       try {
         const first = await postJson(server.url, SEED_RECORDS);
         assert.equal(first.status, 200);
@@ -137,8 +138,25 @@ Deno.test("bun build --compile makes a troupe binary that serves and processes s
         const text = await metrics.text();
         assert.match(text, /troupe_records_total/);
         assert.match(text, /troupe_records_total\{outcome="accepted"\} 2\b/);
+
+        // The dashboard is embedded in the binary.
+        const page = await fetch(`${server.url}/dashboard`);
+        assert.equal(page.status, 200);
+        assert.equal(page.headers.get("content-type"), "text/html; charset=utf-8");
+        assert.match(await page.text(), /<title>troupe · dashboard<\/title>/);
+        const script = await fetch(`${server.url}/dashboard/app.js`);
+        assert.equal(script.status, 200);
+        assert.match(await script.text(), /uPlot/);
+
+        // A live stream left open while SIGTERM arrives must not hold the exit.
+        const stream = await fetch(`${server.url}/v1/stream`);
+        assert.equal(stream.status, 200);
+        const reader = stream.body!.getReader();
+        assert.match(new TextDecoder().decode((await reader.read()).value), /^retry: \d+/);
+        openStream = reader;
       } finally {
         code = (await server.stop("SIGTERM")).code;
+        await openStream?.cancel().catch(() => {});
       }
       assert.equal(code, 0, `exit code ${code}; output:\n${server.output()}`);
     });

@@ -8,7 +8,9 @@ import {
   planDelivery,
   type WebhookPayload,
 } from "../../actors/notifier.ts";
+import { join } from "node:path";
 import { AlertBook } from "../../lib/alerts.ts";
+import { SilenceStore } from "../../lib/silences.ts";
 import { getLog } from "../../lib/log.ts";
 import { quietLogs, waitFor } from "../_helpers.ts";
 
@@ -268,4 +270,79 @@ Deno.test("fingerprint matches Prometheus's label set fingerprint", () => {
   assert.equal(fingerprint({}), "cbf29ce484222325");
   assert.equal(fingerprint({ b: "2", a: "1" }), fingerprint({ a: "1", b: "2" }));
   assert.notEqual(fingerprint({ a: "1" }), fingerprint({ a: "2" }));
+});
+
+Deno.test("planDelivery leaves silenced alerts out, but still resolves one notified before", () => {
+  const book = new AlertBook();
+  const loud = openAlert(book, "Loud");
+  const quiet = openAlert(book, "Quiet");
+  book.update("Loud", { state: "firing" });
+  book.update("Quiet", { state: "firing" });
+  let silenced = new Set(["Quiet"]);
+  const isSilenced = (a: { name: string }) => silenced.has(a.name);
+
+  const first = planDelivery("alertmanager", book, new Map(), 1000, 30_000, "each", isSilenced);
+  assert.deepEqual(first?.firing.map((a) => a.name), ["Loud"]);
+  const group = planDelivery("webhook", book, new Map(), 1000, 30_000, "group", isSilenced);
+  assert.deepEqual(group?.firing.map((a) => a.name), ["Loud"]);
+  const notified = new Map([[loud.id, { alert: first!.firing[0], sentAt: 1000 }]]);
+  assert.equal(
+    planDelivery("alertmanager", book, notified, 2000, 30_000, "each", isSilenced),
+    null,
+  );
+
+  // Loud is silenced after it was sent: nothing more while it fires ...
+  silenced = new Set(["Loud", "Quiet"]);
+  assert.equal(
+    planDelivery("alertmanager", book, notified, 40_000, 30_000, "each", isSilenced),
+    null,
+  );
+  // ... and its resolution still goes out; Quiet, never sent, never resolves anywhere.
+  book.resolve("Loud", new Date(50_000).toISOString());
+  book.resolve("Quiet", new Date(50_000).toISOString());
+  const last = planDelivery("alertmanager", book, notified, 50_000, 30_000, "each", isSilenced);
+  assert.deepEqual(last?.resolved.map((a) => a.name), ["Loud"]);
+  assert.deepEqual(last?.firing, []);
+  assert.ok(quiet.id !== loud.id);
+});
+
+Deno.test("notifierMachine does not send an alert a SilenceStore silences, until the silence is lifted", async () => {
+  await quietLogs();
+  const dir = await Deno.makeTempDir({ prefix: "troupe_notifier_" });
+  const silences = new SilenceStore(join(dir, "troupe.db"));
+  const receiver = startReceiver();
+  const book = new AlertBook();
+  const { actor, polls } = startNotifier({
+    book,
+    alertmanagerUrl: receiver.url,
+    silenced: (a) => silences.isSilenced(a),
+  });
+  try {
+    const silence = silences.add({
+      matchers: { alertname: "Quiet" },
+      alert_id: null,
+      duration_ms: 3_600_000,
+      comment: "",
+    })!;
+    openAlert(book, "Quiet");
+    openAlert(book, "Loud");
+    book.update("Quiet", { state: "firing" });
+    book.update("Loud", { state: "firing" });
+    await waitFor(() => receiver.received.length >= 1, 10_000, "the Loud alert");
+    const seen = polls();
+    await waitFor(() => polls() >= seen + 10, 10_000, "ten more polls");
+    const names = () =>
+      receiver.received.flatMap((r) =>
+        (r.body as { labels: { alertname: string } }[]).map((a) => a.labels.alertname)
+      );
+    assert.deepEqual(names(), ["Loud"]);
+
+    silences.remove(silence.id);
+    await waitFor(() => names().includes("Quiet"), 10_000, "the Quiet alert once unsilenced");
+  } finally {
+    actor.stop();
+    await receiver.close();
+    silences.close();
+    await Deno.remove(dir, { recursive: true });
+  }
 });
