@@ -10,11 +10,12 @@
  * | `GET /v1/admin/monitor` | `{"enabled": bool}`: whether the monitor runs |
  * | `PUT /v1/admin/monitor` | `{"enabled": bool}` stops or restarts the collector, alert rules and notifier; 409 when `monitor.enabled` is false in the config |
  */
-import { type Context, Hono } from "hono";
+import { Hono } from "hono";
 import * as v from "valibot";
 import type { TroupeSystem } from "../actors/mod.ts";
 import { type FaultInjector, FaultPlan } from "../lib/faults.ts";
 import { ApiError } from "./_errors.ts";
+import { jsonBody } from "./_json.ts";
 import type { AppEnv } from "./_middleware.ts";
 
 /** Routes for operators. */
@@ -27,12 +28,7 @@ export function createAdminRoutes(
   app.get("/v1/admin/faults", (c) => c.json(faults.plan));
 
   app.put("/v1/admin/faults", async (c) => {
-    const plan = parseBody(
-      FaultPlan,
-      await readJson(c),
-      "invalid_fault_plan",
-      "Invalid fault plan",
-    );
+    const plan = await jsonBody(c, FaultPlan, "invalid_fault_plan", "Invalid fault plan");
     faults.set(plan);
     return c.json(faults.plan);
   });
@@ -40,7 +36,7 @@ export function createAdminRoutes(
   app.get("/v1/admin/monitor", (c) => c.json({ enabled: system.monitorEnabled === true }));
 
   app.put("/v1/admin/monitor", async (c) => {
-    const { enabled } = parseBody(MonitorSwitch, await readJson(c), "invalid_body", "Invalid body");
+    const { enabled } = await jsonBody(c, MonitorSwitch, "invalid_body", "Invalid body");
     if (system.monitorEnabled === null) {
       throw new ApiError(
         409,
@@ -57,28 +53,3 @@ export function createAdminRoutes(
 
 /** Body of `PUT /v1/admin/monitor`. */
 const MonitorSwitch = v.strictObject({ enabled: v.boolean() });
-
-async function readJson(c: Context<AppEnv>): Promise<unknown> {
-  try {
-    return await c.req.json();
-  } catch (error) {
-    throw new ApiError(400, "invalid_json", `Body is not JSON: ${(error as Error).message}`);
-  }
-}
-
-function parseBody<S extends v.GenericSchema>(
-  schema: S,
-  json: unknown,
-  code: string,
-  message: string,
-): v.InferOutput<S> {
-  const parsed = v.safeParse(schema, json);
-  if (!parsed.success) {
-    throw new ApiError(422, code, message, {
-      details: {
-        issues: parsed.issues.map((i) => ({ path: v.getDotPath(i) ?? "", message: i.message })),
-      },
-    });
-  }
-  return parsed.output;
-}

@@ -11,7 +11,6 @@
  * | `POST /v1/metrics/custom` | `{"name","value","labels","type":"gauge|counter"}` → 200 `{"series"}`; 422 past the series bound |
  */
 import { Hono } from "hono";
-import * as v from "valibot";
 import { CustomMetric, type CustomMetrics } from "../lib/custom_metrics.ts";
 import type { RuleStatus } from "../actors/mod.ts";
 import type { AlertBook } from "../lib/alerts.ts";
@@ -19,6 +18,7 @@ import type { History } from "../lib/history.ts";
 import { type HistoryStore, mergeSteps } from "../lib/history_store.ts";
 import { markSilenced, type SilenceStore } from "../lib/silences.ts";
 import { ApiError } from "./_errors.ts";
+import { jsonBody } from "./_json.ts";
 import type { AppEnv } from "./_middleware.ts";
 
 /** Most points one history query returns. */
@@ -114,21 +114,8 @@ export function createMonitorRoutes(deps: MonitorRouteDeps): Hono<AppEnv> {
   });
 
   app.post("/v1/metrics/custom", async (c) => {
-    let json: unknown;
-    try {
-      json = await c.req.json();
-    } catch (error) {
-      throw new ApiError(400, "invalid_json", `Body is not JSON: ${(error as Error).message}`);
-    }
-    const parsed = v.safeParse(CustomMetric, json);
-    if (!parsed.success) {
-      throw new ApiError(422, "invalid_metric", "Invalid custom metric", {
-        details: {
-          issues: parsed.issues.map((i) => ({ path: v.getDotPath(i) ?? "", message: i.message })),
-        },
-      });
-    }
-    const result = custom.record(parsed.output);
+    const metric = await jsonBody(c, CustomMetric, "invalid_metric", "Invalid custom metric");
+    const result = custom.record(metric);
     if (!result.ok) throw new ApiError(422, result.error.code, result.error.message);
     return c.json(result.value);
   });

@@ -11,9 +11,9 @@
  * | `DELETE /v1/alerts/silences/:id` | 204; 404 when unknown |
  */
 import { Hono } from "hono";
-import * as v from "valibot";
 import { newSilence, SilenceRequest, type SilenceStore } from "../lib/silences.ts";
 import { ApiError } from "./_errors.ts";
+import { jsonBody } from "./_json.ts";
 import type { AppEnv } from "./_middleware.ts";
 
 /** Silence routes over `silences`. */
@@ -24,21 +24,8 @@ export function createSilenceRoutes(deps: { silences: SilenceStore }): Hono<AppE
   app.get("/v1/alerts/silences", (c) => c.json({ silences: silences.list() }));
 
   app.post("/v1/alerts/silences", async (c) => {
-    let json: unknown;
-    try {
-      json = await c.req.json();
-    } catch (error) {
-      throw new ApiError(400, "invalid_json", `Body is not JSON: ${(error as Error).message}`);
-    }
-    const parsed = v.safeParse(SilenceRequest, json);
-    if (!parsed.success) {
-      throw new ApiError(422, "invalid_silence", "Invalid silence", {
-        details: {
-          issues: parsed.issues.map((i) => ({ path: v.getDotPath(i) ?? "", message: i.message })),
-        },
-      });
-    }
-    const silence = silences.add(newSilence(parsed.output));
+    const request = await jsonBody(c, SilenceRequest, "invalid_silence", "Invalid silence");
+    const silence = silences.add(newSilence(request));
     if (silence === undefined) {
       throw new ApiError(422, "too_many_silences", "Too many silences: delete some first");
     }
