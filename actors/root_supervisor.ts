@@ -11,23 +11,27 @@
  * │   ├── pool.transform ── transform_stage ×1..n
  * │   ├── pool.aggregate ── aggregate_stage ×1..n
  * │   └── pool.store     ── storage_connection ×1..5, circuit_breaker
- * └── monitor (systemId "monitor") ── collector ── lag_probe
+ * ├── monitor (systemId "monitor") ── collector ── lag_probe
+ * └── queue (systemId "queue")     ── stream_consumer ×partitions   queue mode only
  * ```
  *
  * Restart strategy: one for one, exponential backoff. Intensity: more than
  * `max_restarts` pipeline crashes within `within_ms` and the root gives up
  * (state `failed`). A crashed monitor is restarted after
  * `backoff_max_ms` whatever the state: watching must never stop the work.
+ * So is a crashed queue supervisor: the entries its consumers held stay
+ * pending in Redis and are taken over once idle.
  *
  * States: `running`, `stopping` (after `shutdown`: readiness drops, the
  * pipeline drains), `failed`. Events in: `shutdown`, `pipeline.respawn`
  * (its own, delayed), `xstate.error.actor.pipeline`, `monitor.respawn`,
- * `xstate.error.actor.monitor`.
+ * `xstate.error.actor.monitor`, `queue.respawn`, `xstate.error.actor.queue`.
  */
 import { assign, enqueueActions, setup } from "xstate";
 import { freshRestartMemory, planRestart, type RestartMemory } from "../lib/backoff.ts";
 import type { StageDeps } from "./_stage_deps.ts";
 import { type MonitorInput, monitorMachine } from "./monitor.ts";
+import { type QueueSupervisorInput, queueSupervisorMachine } from "./queue_supervisor.ts";
 import { abandonAll, pipelineMachine, type StageRuntimes } from "./pipeline.ts";
 
 /** Input of the root supervisor. */
@@ -36,6 +40,8 @@ export interface RootInput {
   deps: StageDeps;
   /** Starts the monitor supervisor when given. */
   monitor?: MonitorInput;
+  /** Starts the queue supervisor (queue mode) when given. */
+  queue?: QueueSupervisorInput;
 }
 
 /** Events the root supervisor accepts. */
@@ -44,7 +50,9 @@ export type RootEvent =
   | { type: "pipeline.respawn" }
   | { type: "xstate.error.actor.pipeline"; error: unknown }
   | { type: "monitor.respawn" }
-  | { type: "xstate.error.actor.monitor"; error: unknown };
+  | { type: "xstate.error.actor.monitor"; error: unknown }
+  | { type: "queue.respawn" }
+  | { type: "xstate.error.actor.queue"; error: unknown };
 
 interface RootContext extends RootInput, RestartMemory {
   restarts: number;
@@ -58,8 +66,14 @@ export const rootSupervisorMachine = setup({
     events: {} as RootEvent,
     input: {} as RootInput,
   },
-  actors: { pipeline: pipelineMachine, monitor: monitorMachine },
+  actors: { pipeline: pipelineMachine, monitor: monitorMachine, queue: queueSupervisorMachine },
   actions: {
+    spawnQueue: assign(({ context, spawn }) => {
+      if (context.queue !== undefined) {
+        spawn("queue", { id: "queue", systemId: "queue", input: context.queue });
+      }
+      return {};
+    }),
     spawnMonitor: assign(({ context, spawn }) => {
       if (context.monitor !== undefined) {
         spawn("monitor", { id: "monitor", systemId: "monitor", input: context.monitor });
@@ -83,8 +97,21 @@ export const rootSupervisorMachine = setup({
     restarts: 0,
     lastError: null,
   }),
-  entry: ["spawnPipeline", "spawnMonitor"],
+  entry: ["spawnPipeline", "spawnMonitor", "spawnQueue"],
   on: {
+    "xstate.error.actor.queue": {
+      actions: enqueueActions(({ context, event, enqueue }) => {
+        const reason = event.error instanceof Error ? event.error.message : String(event.error);
+        const delay = context.deps.config.supervisor.backoff_max_ms;
+        context.deps.log.error("Queue supervisor crashed: {reason}; restarting in {delay} ms", {
+          reason,
+          delay,
+        });
+        context.deps.metrics.actorRestartsTotal.inc({ actor: "queue" });
+        enqueue.stopChild("queue");
+        enqueue.raise({ type: "queue.respawn" }, { delay });
+      }),
+    },
     "monitor.respawn": { actions: "spawnMonitor" },
     "xstate.error.actor.monitor": {
       actions: enqueueActions(({ context, event, enqueue }) => {
@@ -105,6 +132,8 @@ export const rootSupervisorMachine = setup({
     running: {
       on: {
         shutdown: "stopping",
+        // Only here: while stopping the consumers were drained on purpose.
+        "queue.respawn": { actions: "spawnQueue" },
         "pipeline.respawn": { actions: "spawnPipeline" },
         "xstate.error.actor.pipeline": [
           {
