@@ -10,11 +10,12 @@
  *                   └──────────────── answer once the batch is committed ◄─────────────┘
  *
  * root_supervisor
- * └── pipeline
- *     ├── pool.validate  ── validate_stage ×1..10
- *     ├── pool.transform ── transform_stage ×1..n
- *     ├── pool.aggregate ── aggregate_stage ×1..n
- *     └── pool.store     ── storage_connection ×1..5
+ * ├── pipeline
+ * │   ├── pool.validate  ── validate_stage ×1..10
+ * │   ├── pool.transform ── transform_stage ×1..n
+ * │   ├── pool.aggregate ── aggregate_stage ×1..n
+ * │   └── pool.store     ── storage_connection ×1..5
+ * └── queue              ── stream_consumer ×partitions   (queue mode: TROUPE_QUEUE)
  * http server (stops first on shutdown; readiness drops before it)
  * ```
  *
@@ -34,11 +35,15 @@ import { type Config, formatConfigErrors, loadConfig } from "./lib/config.ts";
 import { FaultInjector } from "./lib/faults.ts";
 import { IdempotencyCache } from "./lib/idempotency.ts";
 import { getLog, setupLogging } from "./lib/log.ts";
-import { createMetrics, type Metrics } from "./lib/metrics.ts";
+import { createMetrics, createQueueMetrics, type Metrics } from "./lib/metrics.ts";
+import type { QueueMetrics } from "./lib/metrics.ts";
+import { maskUrl, type QueueProducer } from "./lib/queue.ts";
+import type { RedisQueue } from "./lib/redis_queue.ts";
 import { serve, type Server } from "./lib/serve.ts";
 import { openSqliteReader, openSqliteWriter, sqlitePath } from "./lib/sqlite_store.ts";
 import { formatStatus, IngestStats } from "./lib/stats.ts";
 import type { StoreReader } from "./lib/store.ts";
+import type { PostgresStorage } from "./lib/postgres_store.ts";
 import { bearerAuth } from "hono/bearer-auth";
 import { errorBody, notFound, onError } from "./routes/_errors.ts";
 import { createAdminRoutes } from "./routes/admin.ts";
@@ -80,6 +85,8 @@ export interface AppDeps {
   silences?: SilenceStore;
   /** The live streams of `GET /v1/stream`; one is made when absent. */
   streams?: StreamHub;
+  /** Queue mode: ingest appends to Redis Streams. */
+  queue?: { producer: QueueProducer; metrics: QueueMetrics };
 }
 
 /** Builds the Hono app: middleware, every route, the JSON error handlers. */
@@ -129,6 +136,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
       maxWaitMs: config.ingest.max_wait_ms,
       maxConcurrent: config.ingest.max_concurrent_requests,
       idempotency,
+      queue: deps.queue,
     }),
   );
   app.route("/", createQueryRoutes({ reader }));
@@ -214,13 +222,67 @@ function ingestReadings(stats: IngestStats): () => Record<string, number> {
   };
 }
 
-/** Starts the HTTP service on the SQLite store in `config.data`. */
-export function startService(config: Config, faults?: FaultInjector): Service {
+/**
+ * Opens PostgreSQL when `storage.url` is set, creating its schema first;
+ * resolves `undefined` for the SQLite default, which `startService` opens
+ * itself. (The client is loaded only then.)
+ */
+export async function openStorage(config: Config): Promise<PostgresStorage | undefined> {
+  if (config.storage.url === null) return undefined;
+  const { openPostgresStorage } = await import("./lib/postgres_store.ts");
+  return await openPostgresStorage(config.storage.url);
+}
+
+/**
+ * Opens the Redis queue when `queue.url` is set (queue mode); `undefined`
+ * otherwise. The Redis client is loaded only then, so the single-process
+ * path never loads it. Connects in the background: `/readyz` says 503
+ * until Redis answers.
+ */
+export async function openQueue(config: Config): Promise<RedisQueue | undefined> {
+  if (config.queue.url === null) return undefined;
+  let loaded;
+  try {
+    loaded = await import("./lib/redis_queue.ts");
+  } catch (error) {
+    // ioredis's `debug` dependency lists the whole environment when it loads.
+    if ((error as Error).name === "NotCapable" || /env access/.test((error as Error).message)) {
+      throw new Error(
+        "Queue mode loads the Redis client, which reads the whole environment: run deno with --allow-env (or -A)",
+        { cause: error },
+      );
+    }
+    throw error;
+  }
+  return new loaded.RedisQueue(loaded.queueSettings(config)!, getLog("queue"));
+}
+
+/**
+ * Starts the HTTP service on the SQLite store in `config.data`, or on
+ * `storage` opened by {@linkcode openStorage} when `storage.url` is set
+ * (the monitor's history stays in SQLite in `config.data`).
+ */
+export function startService(
+  config: Config,
+  faults?: FaultInjector,
+  storage?: PostgresStorage,
+  /** Queue mode, opened by {@linkcode openQueue}. */
+  queue?: RedisQueue,
+): Service {
   const metrics = createMetrics();
+  const queueMetrics = queue === undefined ? undefined : createQueueMetrics(metrics.registry);
   const path = sqlitePath(config.data);
-  // The first writer creates the file and its schema; the reader opens after it.
-  openSqliteWriter(path, { synchronous: config.storage.synchronous }).close();
-  const reader = openSqliteReader(path);
+  let reader: StoreReader;
+  if (storage === undefined) {
+    if (config.storage.url !== null) {
+      throw new Error("storage.url is set: open it with openStorage(config) first");
+    }
+    // The first writer creates the file and its schema; the reader opens after it.
+    openSqliteWriter(path, { synchronous: config.storage.synchronous }).close();
+    reader = openSqliteReader(path);
+  } else {
+    reader = storage.reader;
+  }
   const stats = new IngestStats();
   const history = new History();
   const custom = new CustomMetrics(metrics.registry, { history });
@@ -243,6 +305,21 @@ export function startService(config: Config, faults?: FaultInjector): Service {
     config,
     metrics,
     faults,
+    openWriter: storage?.openWriter,
+    queue: queue === undefined ? undefined : {
+      backend: queue,
+      producer: queue,
+      metrics: queueMetrics!,
+      // Records are counted when the consumers commit them, not when ingest queues them.
+      onCommitted: (r) => {
+        metrics.recordsTotal.inc({ outcome: "accepted" }, r.accepted);
+        metrics.recordsTotal.inc({ outcome: "duplicate" }, r.duplicates);
+        metrics.recordsTotal.inc({ outcome: "rejected" }, r.rejected);
+        stats.accepted += r.accepted;
+        stats.duplicates += r.duplicates;
+        stats.rejected += r.rejected;
+      },
+    },
     monitor: config.monitor.enabled
       ? {
         history,
@@ -282,6 +359,7 @@ export function startService(config: Config, faults?: FaultInjector): Service {
     store,
     silences,
     streams,
+    queue: queue === undefined ? undefined : { producer: queue, metrics: queueMetrics! },
   });
   const server = serve(app.fetch, { hostname: config.server.host, port: config.server.port });
   const log = getLog("main");
@@ -318,7 +396,9 @@ export function startService(config: Config, faults?: FaultInjector): Service {
         new Promise((r) => setTimeout(r, Math.max(0, timeout - (Date.now() - started)))),
       ]);
       system.stop();
-      await reader.close();
+      await queue?.close();
+      // PostgreSQL: the reader, and every writer the stopped connections are closing.
+      await (storage ?? reader).close();
       store.close();
       silences.close();
       const ms = Date.now() - started;
@@ -331,26 +411,42 @@ export function startService(config: Config, faults?: FaultInjector): Service {
     return stopping;
   };
   log.info(
-    `troupe ${VERSION} listening on http://${config.server.host}:${server.port}, data in ${config.data}`,
+    `troupe ${VERSION} listening on http://${config.server.host}:${server.port}, data in ${config.data}${
+      storage === undefined ? "" : `, records in PostgreSQL "${storage.target}"`
+    }`,
     {
       version: VERSION,
       host: config.server.host,
       port: server.port,
       data: config.data,
+      ...(storage === undefined ? {} : { store: storage.target }),
     },
   );
+  if (queue !== undefined) {
+    const q = queue.settings;
+    log.info(
+      `Queue mode: ${q.partitions} streams "${q.stream_prefix}:*" on ${
+        maskUrl(q.url)
+      }, group "${q.group}", consumer "${q.consumer}"`,
+      { queue: maskUrl(q.url), partitions: q.partitions, group: q.group, consumer: q.consumer },
+    );
+  }
   return { system, server, reader, streams, stop };
 }
 
 /**
  * Settings that come only from the environment, as raw config overrides:
- * `TROUPE_TOKEN` and `TROUPE_FAULTS` (JSON). Validated with the rest.
+ * `TROUPE_TOKEN`, `TROUPE_FAULTS` (JSON), `TROUPE_STORE` (`storage.url`) and
+ * `TROUPE_QUEUE` (`queue.url`).
+ * Validated with the rest.
  */
 export function envOverrides(
   env: Record<string, string | undefined>,
 ): { ok: true; value: Record<string, unknown> } | { ok: false; error: string } {
   const out: Record<string, unknown> = {};
   if (env.TROUPE_TOKEN) out.auth = { token: env.TROUPE_TOKEN };
+  if (env.TROUPE_STORE) out.storage = { url: env.TROUPE_STORE };
+  if (env.TROUPE_QUEUE) out.queue = { url: env.TROUPE_QUEUE };
   if (env.TROUPE_FAULTS) {
     try {
       out.faults = JSON.parse(env.TROUPE_FAULTS);
@@ -396,7 +492,7 @@ async function main(args: string[]): Promise<number> {
 
   let service: Service;
   try {
-    service = startService(config, faults);
+    service = startService(config, faults, await openStorage(config), await openQueue(config));
   } catch (error) {
     process.stderr.write(`troupe: cannot start: ${(error as Error).message}\n`);
     return 1;

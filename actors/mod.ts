@@ -5,7 +5,7 @@
  * HTTP routes and the `process` command use only this.
  */
 import { type AnyActorRef, createActor } from "xstate";
-import { Ticket, toBatches } from "../lib/batch.ts";
+import { Batch, type IngestResult, Ticket, toBatches } from "../lib/batch.ts";
 import { STAGES } from "../lib/schemas.ts";
 import type { StageDeps } from "./_stage_deps.ts";
 import type { Config } from "../lib/config.ts";
@@ -24,6 +24,9 @@ import { openWorkerWriter } from "../lib/worker_store.ts";
 import { createStageRuntimes, type StageRuntimes } from "./pipeline.ts";
 import { AnomalyTracker } from "./transform_stage.ts";
 import { rootSupervisorMachine } from "./root_supervisor.ts";
+import type { QueueBackend, QueueProducer, QueueSink } from "../lib/queue.ts";
+import type { QueueMetrics } from "../lib/metrics.ts";
+import type { FailedRecord } from "../lib/schemas.ts";
 
 /** The outcome of offering records to the pipeline. */
 export type SubmitOutcome =
@@ -53,6 +56,24 @@ export interface SubmitOptions {
   maxWaitMs: number;
   /** Keep committed records on the ticket (file mode). @default false */
   keepRecords?: boolean;
+  /**
+   * Accept while a drain is under way: the queue consumers finishing the
+   * entries they hold. @default false
+   */
+  whileDraining?: boolean;
+}
+
+/** Turns on queue mode: the queue supervisor and its stream consumers. */
+export interface QueueOptions {
+  /** Opens the consumers' connections. */
+  backend: QueueBackend;
+  /** The ingest side's connection, checked by `/readyz`. */
+  producer?: QueueProducer;
+  metrics: QueueMetrics;
+  /** Called with each committed entry's outcome. */
+  onCommitted?: (result: IngestResult) => void;
+  /** Refresh period of the stream figures, ms. @default 1000 */
+  statsIntervalMs?: number;
 }
 
 /** Turns on the monitor supervisor and its collector. */
@@ -93,10 +114,19 @@ export class TroupeSystem {
   readonly root: ReturnType<typeof createActor<typeof rootSupervisorMachine>>;
   #draining = false;
   #fatal: string | null = null;
+  readonly #queue: QueueOptions | undefined;
 
-  constructor(deps: StageDeps, monitor?: MonitorOptions) {
+  constructor(deps: StageDeps, monitor?: MonitorOptions, queue?: QueueOptions) {
     this.deps = deps;
+    this.#queue = queue;
     this.runtimes = createStageRuntimes(deps);
+    const sink: QueueSink = {
+      submit: (records) =>
+        this.submit(records, { maxWaitMs: deps.config.ingest.max_wait_ms, whileDraining: true }),
+      alive: () => this.#down(true) === null,
+      fail: (failed) => this.storeFailed(failed),
+      maxSubmit: Math.max(1, Math.floor(deps.config.pipeline.stages.validate.mailbox_capacity / 2)),
+    };
     this.root = createActor(rootSupervisorMachine, {
       input: {
         runtimes: this.runtimes,
@@ -114,6 +144,15 @@ export class TroupeSystem {
           book: monitor.book,
           evaluationIntervalMs: monitor.evaluationIntervalMs,
           notifier: monitor.notifier,
+        },
+        queue: queue === undefined ? undefined : {
+          backend: queue.backend,
+          sink,
+          metrics: queue.metrics,
+          policy: deps.config.supervisor,
+          log: getLog("queue"),
+          onCommitted: queue.onCommitted,
+          statsIntervalMs: queue.statsIntervalMs,
         },
       },
       systemId: "root",
@@ -217,7 +256,8 @@ export class TroupeSystem {
   async submit(records: unknown[], options: SubmitOptions): Promise<SubmitOutcome> {
     // Storage being down is no reason to refuse yet: batches wait in the
     // mailboxes until it is back, and ingest says 503 once they are full.
-    const down = this.#down();
+    const whileDraining = options.whileDraining ?? false;
+    const down = this.#down(whileDraining);
     if (down !== null) return { ok: false, status: 503, retryAfterSeconds: 5, message: down };
     const ticket = new Ticket(options.keepRecords ?? false);
     if (records.length === 0) {
@@ -242,7 +282,7 @@ export class TroupeSystem {
         message: `The pipeline is full: ${mailbox.depth} of ${mailbox.capacity} records queued`,
       };
     }
-    const after = this.#down();
+    const after = this.#down(whileDraining);
     if (after !== null) return { ok: false, status: 503, retryAfterSeconds: 5, message: after };
     for (const b of toBatches(ticket, records, this.deps.config.pipeline.batch_size)) {
       mailbox.put(b);
@@ -282,6 +322,20 @@ export class TroupeSystem {
         ? undefined
         : `No open storage connection (${connections.total} starting)`,
     });
+    if (this.#queue !== undefined) {
+      const producer = this.#queue.producer;
+      const supervisor = this.root.system.get("queue")?.getSnapshot();
+      const running = supervisor?.status === "active" && supervisor.value === "running";
+      checks.push({
+        name: "queue",
+        ok: (producer?.ready ?? true) && running,
+        message: producer !== undefined && !producer.ready
+          ? `Queue unavailable: ${producer.status}`
+          : running
+          ? undefined
+          : "The queue consumers are not running",
+      });
+    }
     checks.push({
       name: "shutdown",
       ok: !this.#draining,
@@ -302,9 +356,18 @@ export class TroupeSystem {
    */
   async drain(timeoutMs: number): Promise<boolean> {
     this.#draining = true;
+    const deadline = Date.now() + timeoutMs;
+    // Queue mode: the consumers stop reading and commit what they hold first.
+    const queue = this.root.system.get("queue");
+    if (queue !== undefined) {
+      queue.send({ type: "queue.drain" });
+      while (queue.getSnapshot().status === "active" && queue.getSnapshot().value !== "drained") {
+        if (Date.now() >= deadline) break;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    }
     this.root.send({ type: "shutdown" });
     this.runtimes.validate.mailbox.cancelWaiters();
-    const deadline = Date.now() + timeoutMs;
     while (!STAGES.every((s) => this.runtimes[s].idle)) {
       if (Date.now() >= deadline) return false;
       await new Promise((r) => setTimeout(r, 10));
@@ -318,11 +381,32 @@ export class TroupeSystem {
     this.root.stop();
   }
 
-  /** Why nothing can be accepted at all (shutting down, supervisors gone), or `null`. */
-  #down(): string | null {
-    if (this.#draining) return "The service is shutting down";
+  /**
+   * Stores failed records (a queue entry given up on) through the store
+   * stage, in the usual commit; resolves once they are committed.
+   */
+  async storeFailed(failed: FailedRecord[]): Promise<void> {
+    if (failed.length === 0) return;
+    const ticket = new Ticket();
+    const batch = new Batch(ticket, [], []);
+    batch.stage = "store";
+    batch.failed = failed;
+    this.runtimes.store.mailbox.put(batch);
+    this.root.system.get("pool.store")?.send({ type: "mailbox.put" });
+    await ticket.promise;
+  }
+
+  /**
+   * Why nothing can be accepted at all (shutting down, supervisors gone), or
+   * `null`. Neither storage nor the queue being down is a reason.
+   */
+  #down(whileDraining = false): string | null {
+    if (this.#draining && !whileDraining) return "The service is shutting down";
     const r = this.readiness();
-    const failing = r.checks.filter((c) => !c.ok && c.name !== "storage");
+    const failing = r.checks.filter((c) =>
+      !c.ok && c.name !== "storage" && c.name !== "queue" &&
+      !(whileDraining && c.name === "shutdown")
+    );
     return failing.length === 0 ? null : failing.map((c) => c.message ?? c.name).join("; ");
   }
 
@@ -399,6 +483,8 @@ export interface SystemOptions {
   faults?: FaultInjector;
   /** Starts the monitor supervisor and its collector. */
   monitor?: MonitorOptions;
+  /** Queue mode: starts the queue supervisor and its stream consumers. */
+  queue?: QueueOptions;
 }
 
 /** Builds and starts the actor system over SQLite (or the given writer). */
@@ -410,16 +496,20 @@ export function startSystem(options: SystemOptions): TroupeSystem {
     (worker
       ? () => openWorkerWriter(path, { synchronous })
       : () => Promise.resolve(openSqliteWriter(path, { synchronous })));
-  return new TroupeSystem({
-    config,
-    schema: dataRecordSchema({
-      maxStringLength: config.limits.max_string_length,
-      maxDepth: config.limits.max_depth,
-    }),
-    anomaly: new AnomalyTracker(),
-    faults: options.faults ?? new FaultInjector(config.faults),
-    metrics,
-    log: getLog("pipeline"),
-    openWriter,
-  }, options.monitor).start();
+  return new TroupeSystem(
+    {
+      config,
+      schema: dataRecordSchema({
+        maxStringLength: config.limits.max_string_length,
+        maxDepth: config.limits.max_depth,
+      }),
+      anomaly: new AnomalyTracker(),
+      faults: options.faults ?? new FaultInjector(config.faults),
+      metrics,
+      log: getLog("pipeline"),
+      openWriter,
+    },
+    options.monitor,
+    options.queue,
+  ).start();
 }

@@ -11,25 +11,30 @@
  * │   ├── pool.transform ── transform_stage ×1..n
  * │   ├── pool.aggregate ── aggregate_stage ×1..n
  * │   └── pool.store     ── storage_connection ×1..5, circuit_breaker
- * └── monitor (systemId "monitor") ── collector ── lag_probe
+ * ├── monitor (systemId "monitor") ── collector ── lag_probe
+ * └── queue (systemId "queue")     ── stream_consumer ×partitions   queue mode only
  * ```
  *
  * Restart strategy: one for one, exponential backoff. Intensity: more than
  * `max_restarts` pipeline crashes within `within_ms` and the root gives up
  * (state `failed`). A crashed monitor is restarted after
  * `backoff_max_ms` whatever the state: watching must never stop the work.
+ * So is a crashed queue supervisor: the entries its consumers held stay
+ * pending in Redis and are taken over once idle.
  *
  * States: `running`, `stopping` (after `shutdown`: readiness drops, the
  * pipeline drains), `failed`. Events in: `shutdown`, `pipeline.respawn`
  * (its own, delayed), `xstate.error.actor.pipeline`, `monitor.respawn`,
- * `xstate.error.actor.monitor`, and `monitor.pause` / `monitor.resume`
- * (an operator turning the monitor off and on at run time, through
- * `PUT /v1/admin/monitor`; the pipeline does not notice).
+ * `xstate.error.actor.monitor`, `queue.respawn`, `xstate.error.actor.queue`,
+ * and `monitor.pause` / `monitor.resume` (an operator turning the monitor
+ * off and on at run time, through `PUT /v1/admin/monitor`; the pipeline
+ * does not notice).
  */
 import { type AnyActorRef, assign, enqueueActions, setup } from "xstate";
 import { freshRestartMemory, planRestart, type RestartMemory } from "../lib/backoff.ts";
 import type { StageDeps } from "./_stage_deps.ts";
 import { type MonitorInput, monitorMachine } from "./monitor.ts";
+import { type QueueSupervisorInput, queueSupervisorMachine } from "./queue_supervisor.ts";
 import { abandonAll, pipelineMachine, type StageRuntimes } from "./pipeline.ts";
 
 /** Input of the root supervisor. */
@@ -38,6 +43,8 @@ export interface RootInput {
   deps: StageDeps;
   /** Starts the monitor supervisor when given. */
   monitor?: MonitorInput;
+  /** Starts the queue supervisor (queue mode) when given. */
+  queue?: QueueSupervisorInput;
 }
 
 /** Events the root supervisor accepts. */
@@ -48,7 +55,9 @@ export type RootEvent =
   | { type: "monitor.respawn" }
   | { type: "monitor.pause" }
   | { type: "monitor.resume" }
-  | { type: "xstate.error.actor.monitor"; error: unknown };
+  | { type: "xstate.error.actor.monitor"; error: unknown }
+  | { type: "queue.respawn" }
+  | { type: "xstate.error.actor.queue"; error: unknown };
 
 interface RootContext extends RootInput, RestartMemory {
   restarts: number;
@@ -65,8 +74,14 @@ export const rootSupervisorMachine = setup({
     events: {} as RootEvent,
     input: {} as RootInput,
   },
-  actors: { pipeline: pipelineMachine, monitor: monitorMachine },
+  actors: { pipeline: pipelineMachine, monitor: monitorMachine, queue: queueSupervisorMachine },
   actions: {
+    spawnQueue: assign(({ context, spawn }) => {
+      if (context.queue !== undefined) {
+        spawn("queue", { id: "queue", systemId: "queue", input: context.queue });
+      }
+      return {};
+    }),
     spawnMonitor: assign(({ context, spawn }) => {
       // A resume and a crash's delayed respawn may both ask: one monitor only.
       const running = context.monitorRef?.getSnapshot().status === "active";
@@ -97,8 +112,21 @@ export const rootSupervisorMachine = setup({
     lastError: null,
     monitorPaused: false,
   }),
-  entry: ["spawnPipeline", "spawnMonitor"],
+  entry: ["spawnPipeline", "spawnMonitor", "spawnQueue"],
   on: {
+    "xstate.error.actor.queue": {
+      actions: enqueueActions(({ context, event, enqueue }) => {
+        const reason = event.error instanceof Error ? event.error.message : String(event.error);
+        const delay = context.deps.config.supervisor.backoff_max_ms;
+        context.deps.log.error("Queue supervisor crashed: {reason}; restarting in {delay} ms", {
+          reason,
+          delay,
+        });
+        context.deps.metrics.actorRestartsTotal.inc({ actor: "queue" });
+        enqueue.stopChild("queue");
+        enqueue.raise({ type: "queue.respawn" }, { delay });
+      }),
+    },
     "monitor.respawn": { actions: "spawnMonitor" },
     "monitor.pause": {
       guard: ({ context }) => !context.monitorPaused,
@@ -130,6 +158,8 @@ export const rootSupervisorMachine = setup({
     running: {
       on: {
         shutdown: "stopping",
+        // Only here: while stopping the consumers were drained on purpose.
+        "queue.respawn": { actions: "spawnQueue" },
         "pipeline.respawn": { actions: "spawnPipeline" },
         "xstate.error.actor.pipeline": [
           {

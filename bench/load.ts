@@ -264,7 +264,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
   async function send(due: number): Promise<void> {
     const body = bodies.next();
     let status = "network";
-    let result: { accepted?: number; duplicates?: number; rejected?: number } = {};
+    let result: { accepted?: number; duplicates?: number; rejected?: number; queued?: number } = {};
     try {
       const res = await fetch(url, {
         method: "POST",
@@ -288,13 +288,14 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
     if (done < windowStart || done > windowEnd) return;
     requests++;
     latencies.push(done - due);
-    if (status === "200" || status === "422") {
+    // 202: queue mode, where "accepted" means appended to the stream (`queued`).
+    if (status === "200" || status === "202" || status === "422") {
       okRequests++;
-      accepted += result.accepted ?? 0;
+      accepted += result.accepted ?? result.queued ?? 0;
       duplicates += result.duplicates ?? 0;
       rejected += result.rejected ?? 0;
     }
-    if (status !== "200") errors[status] = (errors[status] ?? 0) + 1;
+    if (status !== "200" && status !== "202") errors[status] = (errors[status] ?? 0) + 1;
   }
 
   if (rate === null) {

@@ -381,9 +381,28 @@ export const Config = v.strictObject({
     ),
     {},
   ),
-  /** The SQLite store. */
+  /** Where records are stored: SQLite in `data` by default, or PostgreSQL with `url`. */
   storage: v.nullish(
     v.strictObject({
+      /**
+       * PostgreSQL to store records, aggregates and failed records in,
+       * instead of the SQLite file in `data`, such as
+       * `postgres://troupe:secret@127.0.0.1:5432/troupe` (`postgresql://`
+       * too; what the URL leaves out comes from the `PG*` environment
+       * variables). Several instances may share one database: records stay
+       * idempotent by id across them. The schema (`troupe`) is created on
+       * start. Also `TROUPE_STORE`. Passwords are masked in logs and errors.
+       * `synchronous` and `worker` apply to SQLite only.
+       * @default null
+       */
+      url: v.nullish(
+        v.pipe(
+          v.string("must be a string"),
+          v.regex(/^postgres(ql)?:\/\/\S+$/i, "must be a postgres:// or postgresql:// URL"),
+          v.check((url) => URL.canParse(url), "must be a valid URL"),
+        ),
+        null,
+      ),
       /**
        * SQLite `PRAGMA synchronous` in WAL mode. `full` syncs every commit, so
        * an acknowledged record survives a power cut; `normal` may lose the
@@ -400,6 +419,83 @@ export const Config = v.strictObject({
        * @default true
        */
       worker: v.nullish(v.boolean("must be true or false"), true),
+    }, "must be a mapping"),
+    {},
+  ),
+  /**
+   * Queue mode, to scale out over several troupe processes: ingest appends
+   * each request's records to Redis Streams and answers 202 once Redis has
+   * them; consumer actors in every instance read them in one consumer group
+   * and commit them through the pipeline (see `lib/queue.ts` and
+   * `actors/queue_supervisor.ts`). Off without `url`.
+   */
+  queue: v.nullish(
+    v.strictObject({
+      /**
+       * Redis to use, such as `redis://127.0.0.1:6379` or
+       * `redis://:password@host:6379/0` (`rediss://` for TLS). Also
+       * `TROUPE_QUEUE`. Passwords are masked in logs.
+       * @default null
+       */
+      url: v.nullish(
+        v.pipe(
+          v.string("must be a string"),
+          v.regex(/^rediss?:\/\/\S+$/, "must be a redis:// or rediss:// URL"),
+        ),
+        null,
+      ),
+      /**
+       * Streams the records are spread over by a hash of `user_id` (one
+       * user's records stay in one stream, in order). Every instance must
+       * use the same number; changing it while entries wait reorders users.
+       * @default 8
+       */
+      partitions: integer(8, 1, 1024),
+      /**
+       * Stream keys are `<stream_prefix>:<partition>`.
+       * @default "troupe:records"
+       */
+      stream_prefix: text("troupe:records"),
+      /**
+       * Consumer group shared by every instance.
+       * @default "troupe"
+       */
+      group: text("troupe"),
+      /**
+       * This instance's consumer name in the group; unique per process.
+       * @default "<hostname>-<pid>"
+       */
+      consumer: v.nullish(
+        v.pipe(v.string("must be a string"), v.nonEmpty("must not be empty")),
+        null,
+      ),
+      /**
+       * How long one `XREADGROUP` waits for entries. A graceful shutdown
+       * waits for reads in progress, so keep it well below
+       * `server.shutdown_timeout_ms`.
+       * @default 1000
+       */
+      block_ms: integer(1_000, 1, 60_000),
+      /**
+       * Entries one consumer reads (or reclaims) at a time.
+       * @default 20
+       */
+      batch_count: integer(20, 1, 10_000),
+      /**
+       * An entry delivered but not acknowledged for this long belongs to a
+       * consumer taken for dead: another consumer takes it over
+       * (`XAUTOCLAIM`). Consumers keep the entries they work on fresh, so a
+       * slow commit is not taken over.
+       * @default 10000
+       */
+      claim_idle_ms: milliseconds(10_000, 100),
+      /**
+       * Deliveries of one entry before it is given up: past it the entry's
+       * records go to the failed store with stage `queue`, and the entry is
+       * acknowledged.
+       * @default 5
+       */
+      max_deliveries: integer(5, 1, 1_000),
     }, "must be a mapping"),
     {},
   ),
@@ -781,9 +877,25 @@ function editDistance(a: string, b: string): number {
 
 const SHOW_LIMIT = 60;
 
+/**
+ * `text` with the password of every `scheme://user:password@` in it
+ * replaced by `***`, for messages and logs.
+ *
+ * @example
+ * ```ts
+ * maskPassword("postgres://troupe:s3cret@db:5432/troupe"); // "postgres://troupe:***@db:5432/troupe"
+ * ```
+ */
+export function maskPassword(text: string): string {
+  // The user info ends at the last "@" before the host, and a password may hold "@", ":" or
+  // (unencoded) "/": mask up to the last "@" of the word, which may mask too much, never too little.
+  return text.replace(/([a-z][a-z0-9+.-]*:\/\/[^\s"'/?#@:]*):[^\s"']*@/gi, "$1:***@");
+}
+
 /** Renders a value for a message: strings quoted, long values cut. Never throws. */
 function show(value: unknown): string {
   const cut = (s: string) => (s.length > SHOW_LIMIT ? `${s.slice(0, SHOW_LIMIT)}…` : s);
+  if (typeof value === "string") value = maskPassword(value);
   switch (typeof value) {
     case "string":
       return value.length > SHOW_LIMIT

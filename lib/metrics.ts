@@ -243,3 +243,69 @@ export function createMetrics(options: CreateMetricsOptions = {}): Metrics {
     }),
   };
 }
+
+/** Outcomes of stream entries, the values of the `outcome` label of `troupe_queue_entries_total`. */
+export const QUEUE_ENTRY_OUTCOMES = ["appended", "committed", "reclaimed", "gave_up"] as const;
+
+/** The metrics of queue mode, registered only when a queue is configured. */
+export interface QueueMetrics {
+  /** `troupe_stream_lag{stream}`: entries not delivered to any consumer of the group yet. */
+  streamLag: Gauge<"stream">;
+  /** `troupe_stream_pending{stream}`: entries delivered to a consumer and not acknowledged. */
+  streamPending: Gauge<"stream">;
+  /** `troupe_stream_length{stream}`: entries in the stream (acknowledged ones are deleted). */
+  streamLength: Gauge<"stream">;
+  /**
+   * `troupe_queue_entries_total{outcome}`: entries this instance appended (ingest),
+   * committed and acknowledged, reclaimed from another consumer, or gave up on.
+   */
+  queueEntriesTotal: Counter<"outcome">;
+  /** `troupe_queue_records_total{outcome="appended|committed"}`: records in those entries. */
+  queueRecordsTotal: Counter<"outcome">;
+}
+
+/**
+ * Registers the queue metrics in `registry`. The stream gauges are set by
+ * the consumers about once a second from `XINFO GROUPS` and `XLEN`, never
+ * by a scrape.
+ */
+export function createQueueMetrics(registry: Registry): QueueMetrics {
+  const registers = [registry];
+  const queueEntriesTotal = new Counter({
+    name: "troupe_queue_entries_total",
+    help:
+      "Stream entries appended by ingest, committed and acknowledged, reclaimed from another consumer, or given up on.",
+    labelNames: ["outcome"] as const,
+    registers,
+  });
+  for (const outcome of QUEUE_ENTRY_OUTCOMES) queueEntriesTotal.inc({ outcome }, 0);
+  const queueRecordsTotal = new Counter({
+    name: "troupe_queue_records_total",
+    help: "Records in the stream entries appended by ingest or committed by the consumers.",
+    labelNames: ["outcome"] as const,
+    registers,
+  });
+  for (const outcome of ["appended", "committed"]) queueRecordsTotal.inc({ outcome }, 0);
+  return {
+    streamLag: new Gauge({
+      name: "troupe_stream_lag",
+      help: "Entries of a stream not delivered to any consumer of the group yet.",
+      labelNames: ["stream"] as const,
+      registers,
+    }),
+    streamPending: new Gauge({
+      name: "troupe_stream_pending",
+      help: "Entries of a stream delivered to a consumer and not acknowledged yet.",
+      labelNames: ["stream"] as const,
+      registers,
+    }),
+    streamLength: new Gauge({
+      name: "troupe_stream_length",
+      help: "Entries in a stream; acknowledged entries are deleted.",
+      labelNames: ["stream"] as const,
+      registers,
+    }),
+    queueEntriesTotal,
+    queueRecordsTotal,
+  };
+}

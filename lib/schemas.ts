@@ -25,6 +25,10 @@ export const DEFAULT_RECORD_LIMITS: RecordLimits = { maxStringLength: 65_536, ma
 export const STAGES = ["validate", "transform", "aggregate", "store"] as const;
 /** One pipeline stage. */
 export type StageName = typeof STAGES[number];
+/** Where a record can fail: a pipeline stage, or the queue that gave up on its entry (queue mode). */
+export const FAILURE_STAGES = [...STAGES, "queue"] as const;
+/** One place a record can fail. */
+export type FailureStage = typeof FAILURE_STAGES[number];
 
 /**
  * Checks that `value` nests no deeper than `maxDepth` and holds no string
@@ -305,7 +309,7 @@ export interface ProcessedRecord {
 export interface FailedRecord {
   /** The record's id when it had a usable one. */
   record_id: RecordId | null;
-  stage: StageName;
+  stage: FailureStage;
   reason: string;
   /** The record as the refusing stage saw it: as received for `validate`, validated or transformed after. */
   raw: unknown;

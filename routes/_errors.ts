@@ -2,8 +2,9 @@
  * @module
  * The one error shape of the API, `{"error":{"code","message","details"}}`,
  * and the `onError` / `notFound` handlers that make every failure answer
- * with it. Handlers throw {@linkcode ApiError}; anything else that escapes
- * a handler is a bug and answers 500 without leaking its message.
+ * with it. Handlers throw {@linkcode ApiError}; a store that cannot reach
+ * PostgreSQL answers 503 with `Retry-After`; anything else that escapes a
+ * handler is a bug and answers 500 without leaking its message.
  */
 import type { Context, ErrorHandler, NotFoundHandler } from "hono";
 import { HTTPException } from "hono/http-exception";
@@ -71,6 +72,16 @@ export function onError(log: Logger): ErrorHandler {
     if (err instanceof HTTPException) {
       const status = err.status as ContentfulStatusCode;
       return c.json(errorBody(CODES[status] ?? "error", err.message || "Request failed"), status);
+    }
+    // PostgreSQL out of reach is a state of the service, not a bug: retry later.
+    if (err.name === "PostgresStoreError" && (err as { connection?: unknown }).connection) {
+      log.warning("Storage unavailable on {method} {path}: {error}", {
+        method: c.req.method,
+        path: c.req.path,
+        error: err.message,
+      });
+      c.header("retry-after", "5");
+      return c.json(errorBody("unavailable", "Storage is unavailable; retry later"), 503);
     }
     log.error("Unhandled error on {method} {path}: {error}", {
       method: c.req.method,

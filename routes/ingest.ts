@@ -14,7 +14,16 @@
  * | 429 | the pipeline is full; `Retry-After` says when to come back |
  * | 503 | not ready or shutting down; `Retry-After` |
  *
- * With an `Idempotency-Key` header (see `lib/idempotency.ts`), a 200 or 422
+ * In queue mode (`queue.url`) the records are not processed here: they are
+ * grouped by partition (a hash of `user_id`, `lib/queue.ts`) and appended
+ * to the partitions' Redis streams, one entry per partition, in one
+ * `MULTI`; the answer is **202** `{"queued", "partitions": [{"partition",
+ * "stream", "id", "records"}]}` once Redis has every entry. Validation
+ * happens when a consumer commits them: invalid records end in the failed
+ * store with their reason. When Redis cannot take them: 503
+ * `queue_unavailable` with `Retry-After`, and nothing was appended.
+ *
+ * With an `Idempotency-Key` header (see `lib/idempotency.ts`), a 200, 202 or 422
  * answer is remembered for the key; the same key with the same body gets it
  * again, with `Idempotent-Replayed: true`, and nothing is processed. A second
  * request arriving while the first is still processed waits for its answer.
@@ -31,7 +40,8 @@ import {
   type IdempotentAnswer,
   parseIdempotencyKey,
 } from "../lib/idempotency.ts";
-import type { Metrics } from "../lib/metrics.ts";
+import type { Metrics, QueueMetrics } from "../lib/metrics.ts";
+import type { QueueProducer } from "../lib/queue.ts";
 import type { IngestStats } from "../lib/stats.ts";
 import { ApiError } from "./_errors.ts";
 import type { AppEnv } from "./_middleware.ts";
@@ -48,11 +58,13 @@ export interface IngestDeps {
   maxConcurrent: number;
   /** Answers remembered by `Idempotency-Key`. */
   idempotency: IdempotencyCache;
+  /** Queue mode: append to Redis Streams instead of processing here. */
+  queue?: { producer: QueueProducer; metrics: QueueMetrics };
 }
 
 /** Routes that take records in. */
 export function createIngestRoutes(deps: IngestDeps): Hono<AppEnv> {
-  const { system, limits, metrics, stats, maxWaitMs, idempotency, maxConcurrent } = deps;
+  const { system, limits, metrics, stats, maxWaitMs, idempotency, maxConcurrent, queue } = deps;
   const app = new Hono<AppEnv>();
 
   /** Sends records through the pipeline; the answer's status and body, or throws an `ApiError`. */
@@ -83,6 +95,34 @@ export function createIngestRoutes(deps: IngestDeps): Hono<AppEnv> {
       : 200 as const;
     return { status, result };
   }
+
+  /** Queue mode: appends the records to the streams; 202 once Redis has them, or throws. */
+  async function enqueue(records: unknown[], started: number, requestId: string) {
+    const { producer, metrics: qm } = queue!;
+    let appended;
+    try {
+      appended = await producer.append(records, requestId ?? "");
+    } catch (error) {
+      stats.observeFailure();
+      const reason = error instanceof Error ? error.message : String(error);
+      throw new ApiError(503, "queue_unavailable", `Cannot append to the queue: ${reason}`, {
+        headers: { "retry-after": "1" },
+        details: { retry_after_seconds: 1, queue: producer.status },
+      });
+    }
+    qm.queueEntriesTotal.inc({ outcome: "appended" }, appended.entries.length);
+    qm.queueRecordsTotal.inc({ outcome: "appended" }, appended.queued);
+    stats.observe({ accepted: 0, duplicates: 0, rejected: 0 }, performance.now() - started);
+    return {
+      status: 202 as const,
+      result: { queued: appended.queued, partitions: appended.entries },
+    };
+  }
+
+  /** Processes the records here, or appends them to the queue in queue mode. */
+  const run = queue === undefined
+    ? (records: unknown[], started: number, _requestId: string) => ingest(records, started)
+    : enqueue;
 
   /** Throws the answer to a body that cannot be read. */
   function refuse(body: BodyResult & { ok: false }): never {
@@ -126,7 +166,7 @@ export function createIngestRoutes(deps: IngestDeps): Hono<AppEnv> {
     if (keyHeader === undefined) {
       const body = await readRecords(c.req.raw, limits);
       if (!body.ok) refuse(body);
-      const { status, result } = await ingest(body.value, started);
+      const { status, result } = await run(body.value, started, c.get("requestId"));
       return c.json(result, status);
     }
 
@@ -152,12 +192,13 @@ export function createIngestRoutes(deps: IngestDeps): Hono<AppEnv> {
     }
     if (claim.kind === "replay") return answer(c, claim.answer, true);
     try {
-      const { status, result } = await ingest(body.value, started);
+      const { status, result } = await run(body.value, started, c.get("requestId"));
       const remembered = { status, body: JSON.stringify(result) };
       claim.lease.remember(remembered);
       return answer(c, remembered, false);
     } finally {
-      // 429, 503 and crashes are not remembered: a retry must be processed for real.
+      // 429, 503 and crashes are not remembered (200, 202 and 422 are): a retry must be
+      // processed for real.
       claim.lease.release();
     }
   });

@@ -12,7 +12,7 @@
  * | `GET /v1/failed?limit=&stage=` | `{"failed":[...]}`, newest first |
  */
 import { Hono } from "hono";
-import { STAGES } from "../lib/schemas.ts";
+import { FAILURE_STAGES } from "../lib/schemas.ts";
 import type { StoreReader } from "../lib/store.ts";
 import { ApiError } from "./_errors.ts";
 import type { AppEnv } from "./_middleware.ts";
@@ -74,11 +74,11 @@ export function createQueryRoutes(deps: { reader: StoreReader }): Hono<AppEnv> {
   app.get("/v1/failed", async (c) => {
     const limit = parseLimit(c.req.query("limit"), 100);
     const stage = c.req.query("stage") || undefined;
-    if (stage !== undefined && !(STAGES as readonly string[]).includes(stage)) {
+    if (stage !== undefined && !(FAILURE_STAGES as readonly string[]).includes(stage)) {
       throw new ApiError(
         400,
         "invalid_query",
-        `stage must be one of ${STAGES.join(", ")}, got "${stage}"`,
+        `stage must be one of ${FAILURE_STAGES.join(", ")}, got "${stage}"`,
         {
           details: { parameter: "stage", value: stage },
         },

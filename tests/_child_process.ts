@@ -12,11 +12,12 @@ export const ROOT: string = fileURLToPath(new URL("../", import.meta.url));
 /** How long a child may take to exit after a signal: far above `shutdown_timeout_ms`. */
 export const EXIT_TIMEOUT_MS = 15_000;
 
-/** The environment of every child: no fault injection, no status line, no token. */
+/** The environment of every child: no fault injection, no status line, no token, no queue. */
 export const CHILD_ENV: Record<string, string> = {
   TROUPE_FAULTS: "",
   TROUPE_STATUS: "0",
   TROUPE_TOKEN: "",
+  TROUPE_QUEUE: "",
 };
 
 /** A free loopback port: bound, read and released, for the child to take. */
@@ -52,13 +53,15 @@ export async function startServe(
   data: string,
   /** More `serve` options, such as `["--config", file]`. */
   extra: string[] = [],
+  /** More environment, laid over {@linkcode CHILD_ENV}, such as `{ TROUPE_QUEUE: url }`. */
+  env: Record<string, string> = {},
 ): Promise<ServeProcess> {
   const port = freePort();
   const url = `http://127.0.0.1:${port}`;
   const child = new Deno.Command(command, {
     args: [...args, "serve", "--port", String(port), "--data", data, ...extra],
     cwd: ROOT,
-    env: CHILD_ENV,
+    env: { ...CHILD_ENV, ...env },
     stdin: "null",
     stdout: "piped",
     stderr: "piped",

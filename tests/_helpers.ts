@@ -7,7 +7,7 @@ import { type Config, parseConfig } from "../lib/config.ts";
 import { type ProcessedRecord, type RecordId, toUtcIso } from "../lib/schemas.ts";
 import type { FaultInjector } from "../lib/faults.ts";
 import { setupLogging } from "../lib/log.ts";
-import { type Service, startService } from "../main.ts";
+import { openStorage, type Service, startService } from "../main.ts";
 
 /** Seed 000's two input records. */
 export const SEED_RECORDS = [
@@ -69,7 +69,10 @@ export interface TestService extends Service {
   close(): Promise<void>;
 }
 
-/** Starts a real service on a free port over a fresh SQLite file. */
+/**
+ * Starts a real service on a free port over a fresh SQLite file (or the
+ * PostgreSQL of `storage.url` in `overrides`).
+ */
 export async function startTestService(
   overrides: Record<string, unknown> = {},
   faults?: FaultInjector,
@@ -78,7 +81,14 @@ export async function startTestService(
   await quietLogs();
   const data = dir ?? await Deno.makeTempDir({ prefix: "troupe_test_" });
   const config = testConfig(data, overrides);
-  const service = startService(config, faults);
+  const storage = await openStorage(config);
+  let service: Service;
+  try {
+    service = startService(config, faults, storage);
+  } catch (error) {
+    await storage?.close();
+    throw error;
+  }
   const url = `http://127.0.0.1:${service.server.port}`;
   await waitFor(() => service.system.readiness().ready, 5000, "service ready");
   return {
@@ -98,11 +108,13 @@ export async function postRecords(
   url: string,
   records: unknown,
   headers: Record<string, string> = {},
+  signal?: AbortSignal,
 ): Promise<{ status: number; body: Record<string, unknown>; headers: Headers }> {
   const res = await fetch(`${url}/v1/records`, {
     method: "POST",
     headers: { "content-type": "application/json", ...headers },
     body: typeof records === "string" ? records : JSON.stringify(records),
+    signal,
   });
   return { status: res.status, body: await res.json(), headers: res.headers };
 }

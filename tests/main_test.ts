@@ -332,6 +332,10 @@ Deno.test("envOverrides reads TROUPE_TOKEN and TROUPE_FAULTS", () => {
   const bad = envOverrides({ TROUPE_FAULTS: "{nope" });
   assert.equal(bad.ok, false);
   assert.deepEqual(envOverrides({}), { ok: true, value: {} });
+  assert.deepEqual(envOverrides({ TROUPE_QUEUE: "redis://127.0.0.1:6379" }), {
+    ok: true,
+    value: { queue: { url: "redis://127.0.0.1:6379" } },
+  });
 });
 
 Deno.test("GET /metrics of a live service passes promtool check metrics", async () => {

@@ -43,7 +43,18 @@ const DEFAULTS: Config = {
   },
   autoscale: { interval_ms: 250, high_watermark: 0.5, low_watermark: 0.1, cooldown_ms: 2000 },
   supervisor: { max_restarts: 5, within_ms: 10_000, backoff_initial_ms: 50, backoff_max_ms: 5000 },
-  storage: { synchronous: "full", worker: true },
+  storage: { url: null, synchronous: "full", worker: true },
+  queue: {
+    url: null,
+    partitions: 8,
+    stream_prefix: "troupe:records",
+    group: "troupe",
+    consumer: null,
+    block_ms: 1000,
+    batch_count: 20,
+    claim_idle_ms: 10_000,
+    max_deliveries: 5,
+  },
   ingest: { max_wait_ms: 1000, max_concurrent_requests: 64 },
   idempotency: { window_ms: 3_600_000, max_keys: 10_000, max_bytes: 67_108_864 },
   auth: { token: null, protect_metrics: false },
@@ -626,5 +637,29 @@ Deno.test("the alerts section takes issue 5's example rule", () => {
   assert.match(
     errorAt(parseConfig({ monitor: { interval_ms: 10_000 } }), "monitor.interval_ms").message,
     /at most 5000/,
+  );
+});
+
+Deno.test("parseConfig reads the queue section and refuses a URL that is not Redis", () => {
+  const cfg = valueOf(
+    parseConfig({
+      queue: { url: "redis://:pw@127.0.0.1:6379/0", partitions: 4, claim_idle_ms: 500 },
+    }),
+  );
+  assert.equal(cfg.queue.url, "redis://:pw@127.0.0.1:6379/0");
+  assert.equal(cfg.queue.partitions, 4);
+  assert.equal(cfg.queue.claim_idle_ms, 500);
+  assert.equal(cfg.queue.max_deliveries, 5);
+  assert.match(
+    errorAt(parseConfig({ queue: { url: "http://127.0.0.1:6379" } }), "queue.url").message,
+    /must be a redis:\/\/ or rediss:\/\/ URL/,
+  );
+  assert.match(
+    errorAt(parseConfig({ queue: { partitions: 0 } }), "queue.partitions").message,
+    /at least 1/,
+  );
+  assert.match(
+    errorAt(parseConfig({ queue: { batch_cnt: 5 } }), "queue.batch_cnt").message,
+    /did you mean "batch_count"/,
   );
 });
