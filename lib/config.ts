@@ -889,7 +889,7 @@ const SHOW_LIMIT = 60;
 export function maskPassword(text: string): string {
   // The user info ends at the last "@" before the host, and a password may hold "@", ":" or
   // (unencoded) "/": mask up to the last "@" of the word, which may mask too much, never too little.
-  return text.replace(/([a-z][a-z0-9+.-]*:\/\/[^\s"'/?#@:]*):[^\s"']*@/gi, "$1:***@");
+  return text.replace(/([a-z][a-z0-9+.-]*:\/\/[^\s/?#@:]*):\S*@/gi, "$1:***@");
 }
 
 /** Renders a value for a message: strings quoted, long values cut. Never throws. */

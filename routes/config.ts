@@ -11,22 +11,13 @@
  * shown without their credentials.
  */
 import { Hono } from "hono";
-import type { Config } from "../lib/config.ts";
+import { type Config, maskPassword } from "../lib/config.ts";
 import type { AppEnv } from "./_middleware.ts";
 
 /** What a masked secret reads. */
 export const MASK = "***";
 
 const SECRET_KEY = /(^|_)(token|password|passwd|secret|api_key|apikey|credentials?)$/i;
-
-/** `scheme://user:password@` → `scheme://user:***@`, anywhere in `text`. */
-export function maskUrlPasswords(text: string): string {
-  return text.replace(
-    // Greedy up to the last "@" of the authority: a raw "@" in a password is masked too.
-    /([A-Za-z][A-Za-z0-9+.-]*:\/\/[^\s:/?#@]*):[^\s/?#]*@/g,
-    `$1:${MASK}@`,
-  );
-}
 
 /**
  * A deep copy of `value` with its secrets masked: values of secret-named
@@ -36,7 +27,7 @@ export function maskUrlPasswords(text: string): string {
 export function maskSecrets(value: unknown, key = ""): unknown {
   if (value === null || value === undefined) return value;
   if (key !== "" && SECRET_KEY.test(key)) return MASK;
-  if (typeof value === "string") return maskUrlPasswords(value);
+  if (typeof value === "string") return maskPassword(value);
   if (Array.isArray(value)) return value.map((v) => maskSecrets(v));
   if (typeof value === "object") {
     return Object.fromEntries(

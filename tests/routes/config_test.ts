@@ -1,21 +1,22 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { MASK, maskSecrets, maskUrlPasswords } from "../../routes/config.ts";
+import { maskPassword } from "../../lib/config.ts";
+import { MASK, maskSecrets } from "../../routes/config.ts";
 import { getJson, startTestService } from "../_helpers.ts";
 
-Deno.test("maskUrlPasswords masks the password of every URL in a string", () => {
+Deno.test("maskPassword masks the password of every URL in a string", () => {
   assert.equal(
-    maskUrlPasswords("postgres://app:s3cret@db:5432/troupe"),
+    maskPassword("postgres://app:s3cret@db:5432/troupe"),
     "postgres://app:***@db:5432/troupe",
   );
-  assert.equal(maskUrlPasswords("redis://:pw@127.0.0.1:6379/0"), "redis://:***@127.0.0.1:6379/0");
-  assert.equal(maskUrlPasswords("postgres://u:p@ss@host/db"), "postgres://u:***@host/db");
+  assert.equal(maskPassword("redis://:pw@127.0.0.1:6379/0"), "redis://:***@127.0.0.1:6379/0");
+  assert.equal(maskPassword("postgres://u:p@ss@host/db"), "postgres://u:***@host/db");
   assert.equal(
-    maskUrlPasswords("a http://x:1@h b https://y:2@k"),
+    maskPassword("a http://x:1@h b https://y:2@k"),
     "a http://x:***@h b https://y:***@k",
   );
-  assert.equal(maskUrlPasswords("http://127.0.0.1:9093"), "http://127.0.0.1:9093");
-  assert.equal(maskUrlPasswords("http://user@host"), "http://user@host");
+  assert.equal(maskPassword("http://127.0.0.1:9093"), "http://127.0.0.1:9093");
+  assert.equal(maskPassword("http://user@host"), "http://user@host");
 });
 
 Deno.test("maskSecrets never leaves a URL password or a secret-named value in place", () => {
