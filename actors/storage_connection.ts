@@ -10,7 +10,13 @@
  * ```
  * connecting ──conn.open──► ready ◄──commit.done── committing
  *                             └────batch.process────►┘
+ *                   probing ◄─idle─┘ (ping; ready again on its answer, committing on a batch)
  * ```
+ *
+ * Idle for `storage.idle_ping_ms`, it pings storage (`probing`) and tells
+ * the breaker how that went, so `/readyz` follows storage going away and
+ * coming back with no traffic at all. A batch arriving meanwhile is
+ * committed at once.
  *
  * After a failed commit the connection pings storage (`checking`):
  *
@@ -43,13 +49,14 @@ export type StorageConnectionEvent =
   | { type: "conn.failed"; error: unknown }
   | { type: "commit.done"; outcomes: CommitOutcome[] }
   | { type: "commit.failed"; error: unknown }
-  | { type: "ping.ok" }
-  | { type: "ping.failed"; error: unknown };
+  | { type: "ping.ok"; probe: boolean }
+  | { type: "ping.failed"; probe: boolean; error: unknown };
 
 /** Sent to the pool when storage was unavailable: requeue the batches as they are. */
 export type BatchRetryEvent = { type: "batch.retry"; workerId: string; reason: string };
 
-type ConnectionCommand = { type: "commit"; batches: Batch[] } | { type: "ping" };
+/** `probe`: an idle check, not the check after a failed commit; the answer says which. */
+type ConnectionCommand = { type: "commit"; batches: Batch[] } | { type: "ping"; probe: boolean };
 
 /** Owns the writer: opened on start, closed on stop, whatever the state. */
 const connection = fromCallback<ConnectionCommand, StageDeps>(
@@ -66,9 +73,10 @@ const connection = fromCallback<ConnectionCommand, StageDeps>(
     );
     receive((command) => {
       if (command.type === "ping") {
+        const { probe } = command;
         ping(writer, deps).then(
-          () => !stopped && sendBack({ type: "ping.ok" }),
-          (error) => !stopped && sendBack({ type: "ping.failed", error }),
+          () => !stopped && sendBack({ type: "ping.ok", probe }),
+          (error) => !stopped && sendBack({ type: "ping.failed", probe, error }),
         );
         return;
       }
@@ -121,6 +129,7 @@ export const storageConnectionMachine = setup({
     input: {} as StageWorkerInput,
   },
   actors: { connection },
+  delays: { idlePing: ({ context }) => context.deps.config.storage.idle_ping_ms },
 }).createMachine({
   id: "storage_connection",
   context: ({ input }) => ({
@@ -145,10 +154,32 @@ export const storageConnectionMachine = setup({
       },
     },
     ready: {
+      after: { idlePing: "probing" },
       on: {
         "batch.process": {
           target: "committing",
           actions: assign({ batches: ({ event }) => event.batches }),
+        },
+      },
+    },
+    probing: {
+      entry: sendTo("connection", { type: "ping", probe: true }),
+      on: {
+        "batch.process": {
+          target: "committing",
+          actions: assign({ batches: ({ event }) => event.batches }),
+        },
+        "ping.ok": {
+          target: "ready",
+          actions: ({ system }) => system.get("breaker.store")?.send({ type: "call.success" }),
+        },
+        "ping.failed": {
+          target: "ready",
+          actions: ({ event, system }) =>
+            system.get("breaker.store")?.send({
+              type: "call.failure",
+              reason: message(event.error),
+            }),
         },
       },
     },
@@ -180,11 +211,15 @@ export const storageConnectionMachine = setup({
       },
     },
     checking: {
-      entry: sendTo("connection", { type: "ping" }),
+      entry: sendTo("connection", { type: "ping", probe: false }),
       on: {
-        // Storage answers: the batch itself is at fault.
-        "ping.ok": { actions: ({ context }) => crash(context.error) },
+        // Storage answers: the batch itself is at fault. (An idle probe's late answer is not this one.)
+        "ping.ok": {
+          guard: ({ event }) => !event.probe,
+          actions: ({ context }) => crash(context.error),
+        },
         "ping.failed": {
+          guard: ({ event }) => !event.probe,
           target: "ready",
           actions: [
             ({ context, system }) =>

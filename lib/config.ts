@@ -419,6 +419,13 @@ export const Config = v.strictObject({
        * @default true
        */
       worker: v.nullish(v.boolean("must be true or false"), true),
+      /**
+       * Milliseconds a storage connection may sit idle before it pings
+       * storage, so `/readyz` notices storage going away (and coming back)
+       * without waiting for the next commit.
+       * @default 2000
+       */
+      idle_ping_ms: integer(2_000, 50, 3_600_000),
     }, "must be a mapping"),
     {},
   ),

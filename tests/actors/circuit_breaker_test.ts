@@ -133,3 +133,33 @@ Deno.test("a storage outage turns /readyz 503, fills the mailboxes to 503, and r
     await svc.close();
   }
 });
+
+Deno.test("with no traffic at all, idle pings turn /readyz 503 when storage goes and 200 when it is back", async () => {
+  const faults = new FaultInjector();
+  const svc = await startTestService({
+    supervisor: { backoff_initial_ms: 20, backoff_max_ms: 100 },
+    storage: { idle_ping_ms: 50 },
+  }, faults);
+  try {
+    assert.equal((await getJson(svc.url, "/readyz")).status, 200);
+    faults.set({ storage_outage_ms: 120_000 });
+    await waitFor(
+      async () => (await getJson(svc.url, "/readyz")).status === 503,
+      5000,
+      "readyz 503 with no commit attempted",
+    );
+    const down = await getJson(svc.url, "/readyz");
+    assert.equal(down.body.checks.find((c: { name: string }) => c.name === "storage").ok, false);
+    faults.set({});
+    await waitFor(
+      async () => (await getJson(svc.url, "/readyz")).status === 200,
+      5000,
+      "readyz 200 again with no commit attempted",
+    );
+    assert.equal(svc.system.runtimes.store.workerRestarts, 0, "no connection crashed");
+    // And the first record after it goes in.
+    assert.equal((await postRecords(svc.url, makeRecords(5, "after-idle"))).status, 200);
+  } finally {
+    await svc.close();
+  }
+});

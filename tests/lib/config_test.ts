@@ -43,7 +43,7 @@ const DEFAULTS: Config = {
   },
   autoscale: { interval_ms: 250, high_watermark: 0.5, low_watermark: 0.1, cooldown_ms: 2000 },
   supervisor: { max_restarts: 5, within_ms: 10_000, backoff_initial_ms: 50, backoff_max_ms: 5000 },
-  storage: { url: null, synchronous: "full", worker: true },
+  storage: { url: null, synchronous: "full", worker: true, idle_ping_ms: 2_000 },
   queue: {
     url: null,
     partitions: 8,
