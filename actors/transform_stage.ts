@@ -61,11 +61,74 @@ export class AnomalyTracker {
 
 /** `2025-01-15T10:00:05Z` or `2025-01-15T10:00:05.250Z`: already canonical, no reformatting needed. */
 const CANONICAL_UTC = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.(?!000Z)\d{3})?Z$/;
+/**
+ * The digit at `i` of `s` (0 to 9), or -1. `charCodeAt` past the end is
+ * NaN, which fails both comparisons.
+ */
+function digitAt(s: string, i: number): number {
+  const c = s.charCodeAt(i) - 48;
+  return c >= 0 && c <= 9 ? c : -1;
+}
 
-/** The canonical UTC form of a validated ISO 8601 timestamp, with its epoch ms. */
+/** The value of the two digits at `i`, or -1. */
+function twoDigits(s: string, i: number): number {
+  const a = digitAt(s, i);
+  const b = digitAt(s, i + 1);
+  return a < 0 || b < 0 ? -1 : a * 10 + b;
+}
+
+/**
+ * Epoch ms of `YYYY-MM-DDTHH:MM:SSZ` or `YYYY-MM-DDTHH:MM:SS.mmmZ` whose
+ * fields are all in range (a real day, hours below 24, year 100 or later,
+ * where `Date.UTC` takes the year as written); `undefined` for any other
+ * string, which `Date.parse` reads.
+ */
+function plainUtcMs(ts: string): number | undefined {
+  const length = ts.length;
+  if (length !== 20 && length !== 24) return undefined;
+  if (
+    ts.charCodeAt(4) !== 45 || ts.charCodeAt(7) !== 45 || ts.charCodeAt(10) !== 84 ||
+    ts.charCodeAt(13) !== 58 || ts.charCodeAt(16) !== 58 || ts.charCodeAt(length - 1) !== 90
+  ) return undefined; // - - T : : Z
+  const hi = twoDigits(ts, 0);
+  const lo = twoDigits(ts, 2);
+  const mo = twoDigits(ts, 5);
+  const d = twoDigits(ts, 8);
+  const h = twoDigits(ts, 11);
+  const mi = twoDigits(ts, 14);
+  const sec = twoDigits(ts, 17);
+  if (hi < 1 || lo < 0 || mo < 1 || mo > 12 || d < 1 || h < 0 || h > 23) return undefined;
+  if (mi < 0 || mi > 59 || sec < 0 || sec > 59) return undefined;
+  let frac = 0;
+  if (length === 24) {
+    const a = digitAt(ts, 20);
+    const b = digitAt(ts, 21);
+    const c = digitAt(ts, 22);
+    if (ts.charCodeAt(19) !== 46 || a < 0 || b < 0 || c < 0) return undefined; // .
+    frac = a * 100 + b * 10 + c;
+  }
+  const y = hi * 100 + lo;
+  const days = mo === 2
+    ? (y % 4 === 0 && (y % 100 !== 0 || y % 400 === 0) ? 29 : 28)
+    : (mo === 4 || mo === 6 || mo === 9 || mo === 11 ? 30 : 31);
+  if (d > days) return undefined;
+  return Date.UTC(y, mo - 1, d, h, mi, sec, frac);
+}
+
+/**
+ * The canonical UTC form of a validated ISO 8601 timestamp, with its epoch
+ * ms. Most clients send UTC already: those strings are read with integer
+ * arithmetic and `Date.UTC` (a `.000Z` one loses its `.000`), about a
+ * third of the cost of `Date.parse` and formatting a `Date`; anything else
+ * takes that way, with the same result.
+ */
 export function normaliseTimestamp(ts: string): { iso: string; ms: number } {
+  const plain = plainUtcMs(ts);
+  if (plain !== undefined) {
+    const zeroMs = ts.length === 24 && ts.endsWith(".000Z");
+    return { iso: zeroMs ? `${ts.slice(0, 19)}Z` : ts, ms: plain };
+  }
   const ms = Date.parse(ts);
-  // Most clients already send canonical UTC; formatting a Date costs more than this test.
   return { iso: CANONICAL_UTC.test(ts) ? ts : toUtcIso(ms), ms };
 }
 

@@ -59,6 +59,7 @@ const OPTIONS = {
   status: { type: "boolean", commands: ["serve"] },
   input: { type: "string", commands: ["process"] },
   out: { type: "string", commands: ["process"] },
+  shards: { type: "string", commands: ["process"] },
 } as const satisfies Record<string, OptionSpec>;
 
 type OptionName = keyof typeof OPTIONS;
@@ -100,6 +101,8 @@ Options for serve:
 Options for process:
   --input FILE        Records to process (required)
   --out DIR           Directory for the processed and failed records (required)
+  --shards N          Worker threads to split the records over, by id
+                      (default: one per 16 MiB of input, at most one per CPU and 4)
   --config FILE       Configuration file (env TROUPE_CONFIG)
   --log-level LEVEL   debug, info, warning or error (env TROUPE_LOG_LEVEL)
 
@@ -213,6 +216,12 @@ export function parseCommand(
     const out = flag("out");
     if (input === undefined) return fail(`The "process" command needs --input FILE`);
     if (out === undefined) return fail(`The "process" command needs --out DIR`);
+    const shards = flag("shards");
+    if (shards !== undefined) {
+      const number = toInteger(shards);
+      if (number === undefined) return fail(`--shards must be a whole number (got "${shards}")`);
+      overrides.process = { shards: number };
+    }
     return { ok: true, value: { kind, input, out, overrides, ...optional({ configFile }) } };
   }
 

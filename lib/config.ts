@@ -654,6 +654,28 @@ export const Config = v.strictObject({
     }, "must be a mapping"),
     {},
   ),
+  /** The `process` command (file mode). */
+  process: v.nullish(
+    v.strictObject({
+      /**
+       * Worker threads (shards) the records of a file are split over, by
+       * record id (see `lib/process_shards.ts`); 1 keeps the whole run on
+       * one thread. `null` picks: one shard per 16 MiB of input, at most
+       * one per CPU and at most 4. Also `--shards N`.
+       * @default null
+       */
+      shards: v.nullish(
+        v.pipe(
+          v.number("must be a number"),
+          v.safeInteger("must be a whole number"),
+          v.minValue(1, "must be at least 1"),
+          v.maxValue(64, "must be at most 64"),
+        ),
+        null,
+      ),
+    }, "must be a mapping"),
+    {},
+  ),
   /**
    * Fault injection for tests and drills; off unless set. Also
    * `TROUPE_FAULTS` (JSON). See `lib/faults.ts`.

@@ -31,16 +31,29 @@
  * failure, 2 the input cannot be read. Progress goes to stderr about once a
  * second, then one final line.
  *
- * Throughput, measured on this machine (2 cores) with a 1M-record file
- * from `bench/make_records.ts` (137 MB): 105k to 113k records/s on Deno,
- * 127k to 135k on Bun, with the default configuration. The run is bound by
- * one core (user time ≈ wall time). In a CPU profile (Deno) the store's
- * commit takes 26% (most of it `JSON.stringify` of the records), the
- * validate stage 23% (valibot), the transform stage 18% (10% in
- * `toUtcIso`), reading, splitting and `JSON.parse` 13%, xstate 7%, garbage
- * collection 7%. With a no-op writer the same pipeline runs at about 120k
- * to 140k records/s, and reading and parsing alone at about 600k: the
- * stages, not the file I/O, set the pace.
+ * With more than one shard (`options.shards`, `process.shards`, by
+ * default one per 16 MiB of input), {@linkcode processFile} hands the run
+ * to `lib/process_shards.ts`, whose Worker threads each run
+ * {@linkcode processPart} over their own lines: the reader keeps a line
+ * when `lineShardAt` (`lib/line_shard.ts`) gives it this shard, and passes
+ * over the others without cutting them out of the decoded text.
+ *
+ * Throughput with one shard, measured on this machine (2 cores, shared
+ * with other work, load average about 2) with a 1M-record file from
+ * `bench/make_records.ts` (137 MB) and the default configuration
+ * (`deno run -A bench/process_mode.ts`, 5 runs, min / median / max):
+ * 290k / 310k / 372k records/s on Deno (4.0 s of CPU), 373k / 447k / 466k
+ * on Bun (3.1 s); the code before sharding gave 160k / 244k / 262k on
+ * Deno (5.0 s) and 199k / 251k / 313k on Bun in the same session. One
+ * shard keeps one core busy, plus the runtime's GC and compiler threads
+ * (CPU ≈ 1.15 × wall). A CPU profile of one shard (Deno, 4.2 s sampled):
+ * `JSON.parse` of the lines 20 %, the store's `JSON.stringify` 15 %,
+ * garbage collection 15 %, xstate 9 % (about 0.4 ms a batch of 1000, so
+ * the batch size sets it), encoding and writing the output 7 %, transform 6 %,
+ * reading, decoding and splitting 5 %, validate 5 %. Cut for this: the
+ * store's dedup `Set` (a bitmap for integer ids, 0.2 µs an id) and
+ * `Date.parse` plus formatting in the transform stage (UTC strings are
+ * read with integer arithmetic, 0.3 µs a record).
  */
 import { type FileHandle, open } from "node:fs/promises";
 import process from "node:process";
@@ -50,7 +63,9 @@ import type { Ticket } from "./batch.ts";
 import type { Config } from "./config.ts";
 import type { FaultInjector } from "./faults.ts";
 import { type JsonlStore, openJsonlWriter, type ProcessSummary } from "./jsonl_store.ts";
+import { lineShardAt } from "./line_shard.ts";
 import { createMetrics, type Metrics } from "./metrics.ts";
+import { processShards, shardCount } from "./process_shards.ts";
 import type { FailedRecord } from "./schemas.ts";
 
 /** Options of {@linkcode runProcess} and {@linkcode processFile}. */
@@ -72,7 +87,46 @@ export interface ProcessOptions {
   maxInFlight?: number;
   /** Milliseconds between progress lines. @default 1000 */
   progressIntervalMs?: number;
+  /**
+   * Shards (Worker threads) to split the records over; 1 runs everything
+   * on this thread. See `lib/process_shards.ts`.
+   * @default `config.process.shards`, else automatic
+   */
+  shards?: number;
+  /**
+   * The shard worker's entry module; tests substitute one that fails.
+   * @default `lib/process_shard_worker.ts`
+   */
+  shardWorkerUrl?: string | URL;
+  /**
+   * A shard that sends nothing for this long is taken for dead.
+   * @default 30000
+   */
+  shardSilenceMs?: number;
 }
+
+/**
+ * What one shard of a sharded run is given (see {@linkcode processPart}):
+ * which lines are its own, and whom to tell of its progress.
+ */
+export interface PartOptions extends ProcessOptions {
+  /** Process only the lines that {@linkcode lineShardAt} gives to `index` of `count`. */
+  shard?: { index: number; count: number };
+  /** Receives the records done so far, about every 50 ms. */
+  onProgress?: (done: number) => void;
+  /** Whether to write `summary.json`; a shard leaves it to the coordinator. @default true */
+  writeSummary?: boolean;
+  /**
+   * Append to the output files that other shards append to as well,
+   * without truncating them (`openJsonlWriter`'s `shared`). @default false
+   */
+  sharedOutput?: boolean;
+}
+
+/** What {@linkcode processPart} returns: the summary, and the input records it took. */
+export type PartResult =
+  | { ok: true; value: { summary: ProcessSummary; records: number } }
+  | { ok: false; error: ProcessError };
 
 /** Why a run failed, with the exit code it maps to. */
 export interface ProcessError {
@@ -119,8 +173,26 @@ class ProcessFailure extends Error {
  * ```
  */
 export async function processFile(options: ProcessOptions): Promise<ProcessResult> {
+  const shards = await shardCount(options);
+  const result = shards > 1 ? await processShards(options, shards) : await processPart(options);
+  if (!result.ok) return result;
+  const { summary, records } = result.value;
+  sayTo(options)(
+    `processed ${records} records in ${(summary.elapsed_ms / 1000).toFixed(1)} s ` +
+      `(${summary.records_per_second}/s): ${summary.processed} stored, ${summary.failed} failed, ` +
+      `${summary.duplicates} duplicates, ${summary.anomalies} anomalies; output in ${options.out}`,
+  );
+  return { ok: true, value: summary };
+}
+
+/**
+ * {@linkcode processFile} on this thread, over every line or (with
+ * `options.shard`) over one shard's lines: the engine of a run with one
+ * shard, and of each shard worker of a run with more.
+ */
+export async function processPart(options: PartOptions): Promise<PartResult> {
   const started = performance.now();
-  const say = options.stderr ?? ((line: string) => void process.stderr.write(line + "\n"));
+  const say = sayTo(options);
   let input: FileHandle;
   try {
     input = await open(options.input, "r");
@@ -138,7 +210,7 @@ export async function processFile(options: ProcessOptions): Promise<ProcessResul
   }
   let store: JsonlStore;
   try {
-    store = openJsonlWriter(options.out);
+    store = openJsonlWriter(options.out, { shared: options.sharedOutput });
   } catch (error) {
     await input.close().catch(() => {});
     return failure(1, `Cannot write to output directory "${options.out}": ${errorMessage(error)}`);
@@ -163,19 +235,15 @@ export async function processFile(options: ProcessOptions): Promise<ProcessResul
     const elapsedMs = performance.now() - started;
     let summary: ProcessSummary;
     try {
-      summary = store.writeSummary({ elapsedMs, records: run.records });
+      const timing = { elapsedMs, records: run.records };
+      summary = options.writeSummary === false ? store.summary(timing) : store.writeSummary(timing);
     } catch (error) {
       throw new ProcessFailure(
         1,
         `Cannot write the summary into "${options.out}": ${errorMessage(error)}`,
       );
     }
-    say(
-      `processed ${run.records} records in ${(elapsedMs / 1000).toFixed(1)} s ` +
-        `(${summary.records_per_second}/s): ${summary.processed} stored, ${summary.failed} failed, ` +
-        `${summary.duplicates} duplicates, ${summary.anomalies} anomalies; output in ${options.out}`,
-    );
-    return { ok: true, value: summary };
+    return { ok: true, value: { summary, records: run.records } };
   } catch (error) {
     if (error instanceof ProcessFailure) return failure(error.exitCode, error.message);
     throw error;
@@ -200,12 +268,16 @@ export async function processFile(options: ProcessOptions): Promise<ProcessResul
 export async function runProcess(options: ProcessOptions): Promise<number> {
   const result = await processFile(options);
   if (result.ok) return 0;
-  const say = options.stderr ?? ((line: string) => void process.stderr.write(line + "\n"));
-  say(`troupe: ${result.error.message}`);
+  sayTo(options)(`troupe: ${result.error.message}`);
   return result.error.exitCode;
 }
 
-function failure(exitCode: 1 | 2, message: string): ProcessResult {
+/** Where a run's progress and error lines go. */
+function sayTo(options: ProcessOptions): (line: string) => void {
+  return options.stderr ?? ((line: string) => void process.stderr.write(line + "\n"));
+}
+
+function failure(exitCode: 1 | 2, message: string): { ok: false; error: ProcessError } {
   return { ok: false, error: { exitCode, message } };
 }
 
@@ -249,23 +321,30 @@ export class LineSplitter {
   #decoder = new TextDecoder();
   #carry = "";
   #skipping = false;
+  #keep: ((text: string, start: number, end: number) => boolean) | undefined;
 
-  constructor(maxLine: number) {
+  /**
+   * With `keep`, a line (not overlong) for which `keep(text, start, end)`
+   * is false comes out as `null`, never cut out of the decoded text: a
+   * shard passes over the lines of the other shards this way.
+   */
+  constructor(maxLine: number, keep?: (text: string, start: number, end: number) => boolean) {
     this.maxLine = maxLine;
+    this.#keep = keep;
   }
 
   /** Feeds the next bytes; returns the lines they complete. */
-  push(bytes: Uint8Array): Array<string | OverlongLine> {
+  push(bytes: Uint8Array): Array<string | OverlongLine | null> {
     return this.#split(this.#decoder.decode(bytes, { stream: true }), false);
   }
 
   /** Ends the input; returns the last line when it had no newline. */
-  end(): Array<string | OverlongLine> {
+  end(): Array<string | OverlongLine | null> {
     return this.#split(this.#decoder.decode(), true);
   }
 
-  #split(decoded: string, last: boolean): Array<string | OverlongLine> {
-    const lines: Array<string | OverlongLine> = [];
+  #split(decoded: string, last: boolean): Array<string | OverlongLine | null> {
+    const lines: Array<string | OverlongLine | null> = [];
     const text = this.#skipping ? decoded : this.#carry + decoded;
     this.#carry = "";
     let start = 0;
@@ -286,10 +365,11 @@ export class LineSplitter {
     return lines;
   }
 
-  #cut(text: string, start: number, end: number): string | OverlongLine {
+  #cut(text: string, start: number, end: number): string | OverlongLine | null {
     const long = end - start > this.maxLine;
-    if (text.charCodeAt(end - 1) === 13) end--; // "\r"
+    if (end > start && text.charCodeAt(end - 1) === 13) end--; // "\r"
     if (long) return new OverlongLine(text.slice(start, Math.min(end, start + RAW_PREVIEW)));
+    if (this.#keep !== undefined && !this.#keep(text, start, end)) return null;
     return text.slice(start, end);
   }
 }
@@ -300,9 +380,11 @@ class Run {
   records = 0;
   #system: TroupeSystem;
   #store: JsonlStore;
-  #options: ProcessOptions;
+  #options: PartOptions;
   #say: (line: string) => void;
   #started: number;
+  /** This run's shard, or `undefined` for every line. */
+  #shard: { index: number; count: number } | undefined;
   #batchSize: number;
   #maxLine: number;
   #maxInFlight: number;
@@ -320,13 +402,16 @@ class Run {
   constructor(
     system: TroupeSystem,
     store: JsonlStore,
-    options: ProcessOptions,
+    options: PartOptions,
     say: (line: string) => void,
     started: number,
   ) {
     this.#system = system;
     this.#store = store;
     this.#options = options;
+    this.#shard = options.shard !== undefined && options.shard.count > 1
+      ? options.shard
+      : undefined;
     this.#say = say;
     this.#started = started;
     this.#lastProgress = started;
@@ -341,7 +426,13 @@ class Run {
   /** Reads the whole input, submitting chunks as they fill. */
   async read(input: FileHandle): Promise<void> {
     const buffer = new Uint8Array(READ_BYTES);
-    const splitter = new LineSplitter(this.#maxLine);
+    const shard = this.#shard;
+    const splitter = new LineSplitter(
+      this.#maxLine,
+      shard === undefined
+        ? undefined
+        : (text, start, end) => lineShardAt(text, start, end, shard.count) === shard.index,
+    );
     let line = 0;
     for (;;) {
       let bytesRead: number;
@@ -357,9 +448,11 @@ class Run {
       const lines = bytesRead === 0 ? splitter.end() : splitter.push(buffer.subarray(0, bytesRead));
       for (const text of lines) {
         line++;
+        if (text === null) continue; // another shard's
         if (typeof text === "string") {
           this.#line(text, line);
-        } else {
+        } else if (this.#shard === undefined || this.#shard.index === 0) {
+          // No id can be read from a cut line: the first shard refuses it.
           this.#refuse(
             `${text.preview}…`,
             `line ${line} is longer than ${this.#maxLine} characters`,
@@ -481,6 +574,7 @@ class Run {
         this.#reject(this.#aborted);
       }
     }
+    this.#options.onProgress?.(this.#done);
     const now = performance.now();
     const interval = this.#options.progressIntervalMs ?? 1_000;
     if (progress && now - this.#lastProgress >= interval) {

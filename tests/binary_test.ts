@@ -5,7 +5,9 @@
  * `--version`, `--help` and an unknown option; `serve` on a free loopback
  * port over a real SQLite file, through seed 000's round trip, stopped by
  * SIGTERM; `process` on a small NDJSON file, whose output must match what
- * `deno run main.ts process` writes for the same file.
+ * `deno run main.ts process` writes for the same file, and on a generated
+ * file over 2 shards (Worker threads inside the binary), whose output must
+ * match one shard's.
  *
  * The build needs `node_modules` (Bun resolves the bare specifiers there);
  * `deno install` makes it when it is missing.
@@ -15,6 +17,7 @@ import { existsSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import denoJson from "../deno.json" with { type: "json" };
+import { writeRecords } from "../bench/make_records.ts";
 import { FAILED_FILE, PROCESSED_FILE, SUMMARY_FILE } from "../lib/jsonl_store.ts";
 import { CHILD_ENV, ROOT, type ServeProcess, startServe as startChild } from "./_child_process.ts";
 import { SEED_RECORDS, SEED_USER } from "./_helpers.ts";
@@ -50,6 +53,7 @@ async function buildBinary(dir: string): Promise<string> {
     bin,
     "main.ts",
     "lib/sqlite_worker.ts",
+    "lib/process_shard_worker.ts",
   ]);
   assert.equal(build.code, 0, `bun build --compile failed:\n${build.stdout}${build.stderr}`);
   return bin;
@@ -209,6 +213,45 @@ Deno.test("bun build --compile makes a troupe binary that serves and processes s
         fromBin.failed.map(withoutParseError),
         fromDeno.failed.map(withoutParseError),
       );
+    });
+
+    await t.step("process --shards 2 writes what one shard writes", async () => {
+      const input = join(dir, "generated.ndjson");
+      writeRecords(input, { count: 3_000, invalid: 30 });
+      const text = await readFile(input, "utf8");
+      // Every 10th record again with its id as a string: duplicates across the spellings.
+      const repeats = text.split("\n").filter((_, i) => i % 10 === 3)
+        .map((l) => l.replace(/^\{"id":(\d+)/, '{"id":"$1"'));
+      await writeFile(input, text + repeats.join("\n") + "\n");
+
+      const outputs = [];
+      for (const shards of ["1", "2"]) {
+        const out = join(dir, `out_shards_${shards}`);
+        const res = await run(bin, ["process", "--input", input, "--out", out, "--shards", shards]);
+        assert.equal(res.code, 0, `exit code ${res.code}:\n${res.stdout}${res.stderr}`);
+        outputs.push(await readProcessOutput(out));
+      }
+      const [one, two] = outputs;
+      const withoutScore = (r: Record<string, unknown>) => {
+        const { anomaly_score: _a, is_anomaly: _i, ...rest } = r;
+        return rest;
+      };
+      assert.equal(two.processed.length, 2_970);
+      assert.deepEqual(two.processed.map(withoutScore), one.processed.map(withoutScore));
+      const byText = (failed: unknown[]) => failed.map((f) => JSON.stringify(f)).sort();
+      assert.deepEqual(byText(two.failed), byText(one.failed));
+      for (const key of ["processed", "failed", "duplicates"]) {
+        assert.equal(two.summary[key], one.summary[key], key);
+      }
+      assert.equal(two.summary.duplicates, 300);
+      assert.deepEqual(Object.keys(two.summary.users), Object.keys(one.summary.users));
+      type Totals = Record<string, { count: number; min_value: number; max_value: number }>;
+      const events: Totals = two.summary.events;
+      for (const [name, e] of Object.entries(one.summary.events as Totals)) {
+        assert.equal(events[name].count, e.count, name);
+        assert.equal(events[name].min_value, e.min_value, name);
+        assert.equal(events[name].max_value, e.max_value, name);
+      }
     });
   } finally {
     await Deno.remove(dir, { recursive: true }).catch(() => {});

@@ -2,7 +2,8 @@
  * @module
  * Tests of the transform stage: the anomaly score (Welford's running mean
  * and deviation per event type, |z| > 3 only after 30 samples), the
- * normalisation of one record, and the batch function leaving its batches
+ * normalisation of one record (its timestamp read without `Date.parse` as
+ * `Date.parse` reads it), and the batch function leaving its batches
  * untouched when a fault is thrown.
  */
 import assert from "node:assert/strict";
@@ -11,6 +12,7 @@ import {
   ANOMALY_Z,
   AnomalyTracker,
   MIN_ANOMALY_SAMPLES,
+  normaliseTimestamp,
   transformBatches,
   transformRecord,
 } from "../../actors/transform_stage.ts";
@@ -20,7 +22,7 @@ import { defaultConfig } from "../../lib/config.ts";
 import { FaultInjector } from "../../lib/faults.ts";
 import { getLog } from "../../lib/log.ts";
 import { createMetrics } from "../../lib/metrics.ts";
-import { type DataRecord, dataRecordSchema } from "../../lib/schemas.ts";
+import { type DataRecord, dataRecordSchema, toUtcIso } from "../../lib/schemas.ts";
 
 const RECEIVED_AT = "2025-01-15T10:00:06.000Z";
 
@@ -254,4 +256,57 @@ Deno.test("transformBatches leaves every batch untouched when a fault is thrown"
   );
   assert.deepEqual(good.processed, []);
   assert.equal(d.anomaly.samples("login"), 0, "no sample learnt twice on the retry");
+});
+
+Deno.test("normaliseTimestamp reads UTC strings as Date.parse does, in range or not", () => {
+  // What normaliseTimestamp did before its fast path: Date.parse, then format unless canonical.
+  const canonical = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.(?!000Z)\d{3})?Z$/;
+  const reference = (ts: string) => {
+    const ms = Date.parse(ts);
+    return { iso: canonical.test(ts) ? ts : toUtcIso(ms), ms };
+  };
+  const two = (max: number) => fc.integer({ min: 0, max }).map((n) => String(n).padStart(2, "0"));
+  const timestamp = fc.record({
+    year: fc.oneof(fc.integer({ min: 0, max: 9999 }), fc.integer({ min: 1999, max: 2101 })),
+    month: two(14),
+    day: two(32),
+    hour: two(25),
+    minute: two(61),
+    second: two(61),
+    fraction: fc.oneof(
+      fc.constant(""),
+      fc.constant(".000"),
+      fc.integer({ min: 0, max: 999 }).map((n) => `.${String(n).padStart(3, "0")}`),
+    ),
+    zone: fc.constantFrom("Z", "Z", "Z", "+02:00", "z", ""),
+  }).map((t) =>
+    `${
+      String(t.year).padStart(4, "0")
+    }-${t.month}-${t.day}T${t.hour}:${t.minute}:${t.second}${t.fraction}${t.zone}`
+  );
+  const mangled = fc.tuple(timestamp, fc.nat(), fc.constantFrom("x", "-", " ", "")).map(
+    ([ts, at, ch]) => ts.slice(0, at % ts.length) + ch + ts.slice((at % ts.length) + 1),
+  );
+  fc.assert(
+    fc.property(fc.oneof(timestamp, mangled), (ts) => {
+      // A string Date.parse cannot read throws (formatting NaN) both ways.
+      const outcome = (f: (ts: string) => { iso: string; ms: number }) => {
+        try {
+          return f(ts);
+        } catch (error) {
+          return { error: (error as Error).name };
+        }
+      };
+      const got = outcome(normaliseTimestamp);
+      const want = outcome(reference);
+      assert.deepEqual(got, want, ts);
+      if ("ms" in got && "ms" in want) assert.ok(Object.is(got.ms, want.ms), ts);
+    }),
+    { numRuns: 20_000 },
+  );
+  for (
+    const ts of ["2025-01-15T10:00:00.000Z", "2024-02-29T23:59:59.999Z", "0099-12-31T23:59:59Z"]
+  ) {
+    assert.deepEqual(normaliseTimestamp(ts), reference(ts), ts);
+  }
 });

@@ -242,6 +242,23 @@ Deno.test("parseCommand parses process with --input and --out", () => {
   );
 });
 
+Deno.test("parseCommand turns process --shards into a config override", () => {
+  assert.deepEqual(commandOf(["process", "--input", "i", "--out", "o", "--shards", "2"]), {
+    kind: "process",
+    input: "i",
+    out: "o",
+    overrides: { process: { shards: 2 } },
+  });
+  assert.equal(
+    errorOf(["process", "--input", "i", "--out", "o", "--shards", "two"]),
+    '--shards must be a whole number (got "two")',
+  );
+  assert.equal(
+    errorOf(["serve", "--shards", "2"]),
+    'Option "--shards" does not apply to the "serve" command',
+  );
+});
+
 Deno.test("parseCommand refuses process without --input or --out", () => {
   assert.equal(errorOf(["process", "--out", "o"]), 'The "process" command needs --input FILE');
   assert.equal(errorOf(["process", "--input", "i"]), 'The "process" command needs --out DIR');

@@ -2,8 +2,9 @@
  * @module
  * Tests of the JSON Lines store against real files in a temporary
  * directory: seed 000's expected aggregate in the summary, idempotent
- * commits (also across handles and between `1` and `"1"`), failed records,
- * a write that fails and is cut back, and a property test that the files
+ * commits (also across handles, between `1` and `"1"`, and on both sides of
+ * the dedup bitmap's range), failed records, a write that fails and is cut
+ * back, shared stores appending to the same files, and a property test that the files
  * and the summary always equal a recomputation from the first record of
  * each id.
  */
@@ -249,6 +250,56 @@ Deno.test("JsonlStore.commit writes nothing and keeps the error when a write fai
     assert.deepEqual(await store.commit([unit([SEED_000[1]])]), [{ inserted: [true] }]);
     await store.close();
     assert.deepEqual(readLines(join(dir, PROCESSED_FILE)), SEED_000);
+  });
+});
+
+Deno.test("JsonlStore dedups ids on both sides of its bitmap's range", async () => {
+  await withDir(async (dir) => {
+    const store = openJsonlWriter(dir);
+    // 0, small ids, ids that grow the bitmap to its limit, ids past it (kept in a Set), strings.
+    const ids: RecordId[] = [0, 1, 70_000, 2 ** 26 - 1, 2 ** 26, 2 ** 40, "x", "2"];
+    const records = ids.map((id) => processed({ ...SEED_000[0], id }));
+    assert.deepEqual(await store.commit([unit(records)]), [{ inserted: ids.map(() => true) }]);
+    // The same ids again, numbers as strings and strings as numbers where they spell one.
+    const again = [-0, "1", "70000", String(2 ** 26 - 1), String(2 ** 26), 2 ** 40, "x", 2];
+    assert.deepEqual(
+      await store.commit([unit(again.map((id) => processed({ ...SEED_000[0], id })))]),
+      [{ inserted: again.map(() => false) }],
+    );
+    // Neighbours of each are new.
+    const near = [4, 69_999, 70_001, 2 ** 26 - 2, 2 ** 26 + 1, "5"];
+    assert.deepEqual(
+      await store.commit([unit(near.map((id) => processed({ ...SEED_000[0], id })))]),
+      [{ inserted: near.map(() => true) }],
+    );
+    assert.equal(store.counts.duplicates, again.length);
+    await store.close();
+  });
+});
+
+Deno.test("openJsonlWriter shared appends to the files of other stores without truncating", async () => {
+  await withDir(async (dir) => {
+    const first = openJsonlWriter(dir);
+    await first.commit([unit([SEED_000[0]], [failed("a")])]);
+    const a = openJsonlWriter(dir, { shared: true });
+    const b = openJsonlWriter(dir, { shared: true });
+    await b.commit([unit([SEED_000[1]])]);
+    await a.commit([unit([processed({ ...SEED_000[0], id: 3 })], [failed("b")])]);
+    b.addFailed([failed("c")]);
+    await first.close();
+    await a.close();
+    await b.close();
+
+    assert.deepEqual(readLines(join(dir, PROCESSED_FILE)).map((r) => (r as ProcessedRecord).id), [
+      1,
+      2,
+      3,
+    ]);
+    assert.deepEqual(readLines(join(dir, FAILED_FILE)).map((f) => (f as FailedRecord).raw), [
+      "a",
+      "b",
+      "c",
+    ]);
   });
 });
 

@@ -349,7 +349,7 @@ Deno.test("LineSplitter returns the lines of any text cut at any bytes", () => {
       const points = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort((a, b) => a - b);
 
       const splitter = new LineSplitter(maxLine);
-      const got: Array<string | OverlongLine> = [];
+      const got: Array<string | OverlongLine | null> = [];
       let from = 0;
       for (const p of [...points, bytes.length]) {
         got.push(...splitter.push(bytes.slice(from, p)));
@@ -382,4 +382,27 @@ Deno.test("LineSplitter drops a byte order mark and keeps a last line without ne
   assert.deepEqual(splitter.push(bytes.slice(0, 2)), []);
   assert.deepEqual(splitter.push(bytes.slice(2)), ['{"id":1}']);
   assert.deepEqual(splitter.end(), ['{"id":2}']);
+});
+
+Deno.test("LineSplitter with keep gives null for the lines it does not keep, cut anywhere", () => {
+  const text = '{"id":1}\r\n\n{"id":22}\nxx\n' + "y".repeat(30) + '\n{"id":3}';
+  const bytes = new TextEncoder().encode(text);
+  for (let cut = 0; cut <= bytes.length; cut++) {
+    const asked: string[] = [];
+    const splitter = new LineSplitter(20, (t, start, end) => {
+      const line = t.slice(start, end);
+      asked.push(line);
+      return line.includes("2") || line === "xx";
+    });
+    const got = [
+      ...splitter.push(bytes.slice(0, cut)),
+      ...splitter.push(bytes.slice(cut)),
+      ...splitter.end(),
+    ];
+    assert.deepEqual(got.slice(0, 4), [null, null, '{"id":22}', "xx"], `cut at ${cut}`);
+    assert.ok(got[4] instanceof OverlongLine, "an overlong line is never offered to keep");
+    assert.equal(got[5], null);
+    assert.equal(got.length, 6);
+    assert.deepEqual(asked, ['{"id":1}', "", '{"id":22}', "xx", '{"id":3}']);
+  }
 });
