@@ -76,6 +76,23 @@ export const rootSupervisorMachine = setup({
   },
   actors: { pipeline: pipelineMachine, monitor: monitorMachine, queue: queueSupervisorMachine },
   actions: {
+    // The monitor and the queue supervisor come back after backoff_max_ms, whatever happens:
+    // watching and queue reading must never stop the pipeline.
+    respawnLater: enqueueActions(
+      ({ context, event, enqueue }, child: "monitor" | "queue") => {
+        const error = (event as { error?: unknown }).error;
+        const reason = error instanceof Error ? error.message : String(error);
+        const delay = context.deps.config.supervisor.backoff_max_ms;
+        const what = child === "monitor" ? "Monitor" : "Queue supervisor";
+        context.deps.log.error(`${what} crashed: {reason}; restarting in {delay} ms`, {
+          reason,
+          delay,
+        });
+        context.deps.metrics.actorRestartsTotal.inc({ actor: child });
+        enqueue.stopChild(child);
+        enqueue.raise({ type: `${child}.respawn` }, { delay });
+      },
+    ),
     spawnQueue: assign(({ context, spawn }) => {
       if (context.queue !== undefined) {
         spawn("queue", { id: "queue", systemId: "queue", input: context.queue });
@@ -114,19 +131,7 @@ export const rootSupervisorMachine = setup({
   }),
   entry: ["spawnPipeline", "spawnMonitor", "spawnQueue"],
   on: {
-    "xstate.error.actor.queue": {
-      actions: enqueueActions(({ context, event, enqueue }) => {
-        const reason = event.error instanceof Error ? event.error.message : String(event.error);
-        const delay = context.deps.config.supervisor.backoff_max_ms;
-        context.deps.log.error("Queue supervisor crashed: {reason}; restarting in {delay} ms", {
-          reason,
-          delay,
-        });
-        context.deps.metrics.actorRestartsTotal.inc({ actor: "queue" });
-        enqueue.stopChild("queue");
-        enqueue.raise({ type: "queue.respawn" }, { delay });
-      }),
-    },
+    "xstate.error.actor.queue": { actions: { type: "respawnLater", params: "queue" } },
     "monitor.respawn": { actions: "spawnMonitor" },
     "monitor.pause": {
       guard: ({ context }) => !context.monitorPaused,
@@ -139,19 +144,7 @@ export const rootSupervisorMachine = setup({
       guard: ({ context }) => context.monitorPaused,
       actions: [assign({ monitorPaused: false }), "spawnMonitor"],
     },
-    "xstate.error.actor.monitor": {
-      actions: enqueueActions(({ context, event, enqueue }) => {
-        const reason = event.error instanceof Error ? event.error.message : String(event.error);
-        const delay = context.deps.config.supervisor.backoff_max_ms;
-        context.deps.log.error("Monitor crashed: {reason}; restarting in {delay} ms", {
-          reason,
-          delay,
-        });
-        context.deps.metrics.actorRestartsTotal.inc({ actor: "monitor" });
-        enqueue.stopChild("monitor");
-        enqueue.raise({ type: "monitor.respawn" }, { delay });
-      }),
-    },
+    "xstate.error.actor.monitor": { actions: { type: "respawnLater", params: "monitor" } },
   },
   initial: "running",
   states: {

@@ -405,3 +405,22 @@ Deno.test("ingest refuses requests past ingest.max_concurrent_requests with 429 
     await svc.close();
   }
 });
+
+Deno.test("a crashed monitor is stopped and started again after backoff_max_ms", async () => {
+  const svc = await startTestService({
+    monitor: { interval_ms: 1000 },
+    supervisor: { backoff_initial_ms: 10, backoff_max_ms: 100 },
+  });
+  try {
+    const hasMonitor = () => svc.system.root.getSnapshot().children.monitor !== undefined;
+    assert.ok(hasMonitor());
+    svc.system.root.send({ type: "xstate.error.actor.monitor", error: new Error("boom") });
+    assert.ok(!hasMonitor(), "the crashed monitor is stopped at once");
+    await waitFor(hasMonitor, 2000, "monitor restarted");
+    assert.equal(svc.system.monitorEnabled, true);
+    const metrics = await (await fetch(`${svc.url}/metrics`)).text();
+    assert.match(metrics, /troupe_actor_restarts_total\{actor="monitor"\} 1/);
+  } finally {
+    await svc.close();
+  }
+});
