@@ -8,25 +8,31 @@
  *
  * ```
  * main ──{ id, op: "open",   conn, path, options }──► worker ──{ id, ok: true }──► main
- * main ──{ id, op: "commit", conn, units: JSON    }──► worker ──{ id, ok: true, value: inserted }
+ * main ──{ id, op: "commit", conn, units         }──► worker ──{ id, ok: true, value: inserted }
  * main ──{ id, op: "ping" | "close", conn         }──► worker ──{ id, ok: true }
  *                                      any failure ──► worker ──{ id, ok: false, error }
  * ```
  *
- * `units` is one JSON string of `[{ records, failed }]`: one string crosses
- * the thread boundary far faster than structured cloning thousands of
- * objects, and parsing it here costs the idle thread, not the busy one.
- * Deltas do not cross: the store recomputes them from the records (the
- * same sums the aggregate stage made). `inserted` comes back as one string
- * per unit, `"1"` for a stored record and `"0"` for a duplicate.
+ * `units` are `WireUnit`s: each record's key and JSON body made on the main
+ * thread, so this thread binds strings and runs SQLite, nothing else (no
+ * `JSON.parse` of the records, no `JSON.stringify` of each again). The
+ * bodies travel as one text, a record a line, which crosses the thread
+ * boundary as one copy of its bytes.
+ * `inserted` comes back as one string per unit, `"1"` for a stored record
+ * and `"0"` for a duplicate.
  */
-import { openSqliteWriter, type SqliteOptions } from "./sqlite_store.ts";
-import type { CommitUnit, StoreWriter } from "./store.ts";
+import {
+  fromWire,
+  openSqliteWriter,
+  type SqliteOptions,
+  type SqliteStoreWriter,
+  type WireUnit,
+} from "./sqlite_store.ts";
 
 /** A request from the main thread. */
 export type WorkerRequest =
   | { id: number; op: "open"; conn: number; path: string; options: SqliteOptions }
-  | { id: number; op: "commit"; conn: number; units: string }
+  | { id: number; op: "commit"; conn: number; units: WireUnit[] }
   | { id: number; op: "ping" | "close"; conn: number };
 
 /** The answer to one {@linkcode WorkerRequest}, under the same `id`. */
@@ -34,9 +40,9 @@ export type WorkerReply =
   | { id: number; ok: true; value?: string[] }
   | { id: number; ok: false; error: { name: string; message: string } };
 
-const writers = new Map<number, StoreWriter>();
+const writers = new Map<number, SqliteStoreWriter>();
 
-function writerOf(conn: number): StoreWriter {
+function writerOf(conn: number): SqliteStoreWriter {
   const writer = writers.get(conn);
   if (writer === undefined) throw new Error(`Storage connection ${conn} is not open`);
   return writer;
@@ -48,8 +54,7 @@ async function handle(request: WorkerRequest): Promise<string[] | undefined> {
       writers.set(request.conn, openSqliteWriter(request.path, request.options));
       return undefined;
     case "commit": {
-      const units = JSON.parse(request.units) as CommitUnit[];
-      const outcomes = await writerOf(request.conn).commit(units);
+      const outcomes = writerOf(request.conn).commitEncoded(request.units.map(fromWire));
       return outcomes.map((o) => o.inserted.map((b) => (b ? "1" : "0")).join(""));
     }
     case "ping":

@@ -2,10 +2,10 @@
  * @module
  * A {@linkcode StoreWriter} whose SQLite work runs on a Worker thread
  * (`lib/sqlite_worker.ts`), so the main thread keeps HTTP, parsing and the
- * stages and pays only for the hand-off: one `JSON.stringify` of the units
- * per commit (about as much as the direct writer spends stringifying the
- * record bodies anyway). Inserts, upserts and the fsync of `COMMIT` use the
- * second core. The readers of the query routes stay on the main thread
+ * stages and pays only for the hand-off: the JSON body of each record
+ * ({@linkcode encodeUnits}, which the direct writer does as well) and the
+ * copy of those strings into the message. Inserts, upserts and the fsync of
+ * `COMMIT` use the second core. The readers of the query routes stay on the main thread
  * (WAL lets them read while the worker writes).
  *
  * ```
@@ -27,7 +27,7 @@
  * its writers rejects; the storage connections crash and their pool
  * restarts them, which opens a fresh worker.
  */
-import type { SqliteOptions } from "./sqlite_store.ts";
+import { encodeUnits, type SqliteOptions, toWire } from "./sqlite_store.ts";
 import type { WorkerReply, WorkerRequest } from "./sqlite_worker.ts";
 import type { CommitOutcome, CommitUnit, StoreWriter } from "./store.ts";
 
@@ -144,9 +144,8 @@ class WorkerWriter implements StoreWriter {
 
   async commit(units: readonly CommitUnit[]): Promise<CommitOutcome[]> {
     if (this.#closed) throw new Error("Storage connection is closed");
-    // Deltas stay behind: they hold Maps, and the store recomputes the same sums from the records.
-    const payload = JSON.stringify(units.map((u) => ({ records: u.records, failed: u.failed })));
-    const inserted = await this.#thread.request({ op: "commit", conn: this.#conn, units: payload });
+    const encoded = encodeUnits(units).map(toWire);
+    const inserted = await this.#thread.request({ op: "commit", conn: this.#conn, units: encoded });
     return inserted!.map((flags) => ({ inserted: Array.from(flags, (flag) => flag === "1") }));
   }
 
