@@ -135,6 +135,8 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
       stats,
       maxWaitMs: config.ingest.max_wait_ms,
       maxConcurrent: config.ingest.max_concurrent_requests,
+      maxPipelineRecords: config.ingest.max_pipeline_records,
+      batchSize: config.pipeline.batch_size,
       idempotency,
       queue: deps.queue,
     }),

@@ -78,8 +78,11 @@ function stage(
   return v.nullish(
     v.pipe(
       v.strictObject({
-        /** Workers kept even when the stage is idle. At least 1. */
-        min_workers: integer(defaults.min_workers, 1, maxWorkers),
+        /**
+         * Workers kept even when the stage is idle. At least 1; when not
+         * given, the default but no more than `max_workers`.
+         */
+        min_workers: v.nullish(integer(defaults.min_workers, 1, maxWorkers), null),
         /** Workers the autoscaler may grow the stage to. */
         max_workers: integer(defaults.max_workers, 1, maxWorkers),
         /**
@@ -88,6 +91,10 @@ function stage(
          */
         mailbox_capacity: integer(defaults.mailbox_capacity, 1),
       }, "must be a mapping"),
+      v.transform(({ min_workers, ...rest }) => ({
+        min_workers: min_workers ?? Math.min(defaults.min_workers, rest.max_workers),
+        ...rest,
+      })),
       v.forward(
         v.partialCheck(
           [["min_workers"], ["max_workers"]],
@@ -289,10 +296,14 @@ export const Config = v.strictObject({
             MAX_STAGE_WORKERS,
           ),
           /**
-           * Storage connections; at most 5 (seed requirement).
-           * @default { min_workers: 1, max_workers: 5, mailbox_capacity: 20000 }
+           * Storage connections; at most 5 (seed requirement). Two by
+           * default so that one commit is already waiting at the writer
+           * while the other is written: with one, the SQLite thread sat
+           * idle between commits for the answer's round trip and the next
+           * hand-off (docs/PERFORMANCE.md, "Store pipelining").
+           * @default { min_workers: 2, max_workers: 5, mailbox_capacity: 20000 }
            */
-          store: stage({ min_workers: 1, max_workers: 5, mailbox_capacity: 20_000 }, 5),
+          store: stage({ min_workers: 2, max_workers: 5, mailbox_capacity: 20_000 }, 5),
         }, "must be a mapping"),
         {},
       ),
@@ -523,6 +534,15 @@ export const Config = v.strictObject({
        * @default 64
        */
       max_concurrent_requests: integer(64, 1, 100_000),
+      /**
+       * Records in the pipeline (every stage's mailbox and workers) above
+       * which a request waits, its body unread, until commits make room;
+       * after `max_wait_ms` it is answered 429. Bounds the records parsed
+       * ahead of the store, and with them the heap, whatever the number of
+       * clients. A request is always let in when the pipeline is empty.
+       * @default 8000
+       */
+      max_pipeline_records: integer(8_000, 1),
     }, "must be a mapping"),
     {},
   ),

@@ -406,6 +406,56 @@ Deno.test("ingest refuses requests past ingest.max_concurrent_requests with 429 
   }
 });
 
+Deno.test("ingest holds a request unread while the pipeline is full, and answers 429 past max_wait_ms", async (t) => {
+  const faults = new FaultInjector({ stages: { store: { latency_ms: 400 } } });
+  await t.step(
+    "the second request waits for the first one's commit, then goes through",
+    async () => {
+      const svc = await startTestService(
+        { ingest: { max_pipeline_records: 5, max_wait_ms: 5000 } },
+        faults,
+      );
+      try {
+        const first = postRecords(svc.url, makeRecords(10, "first"));
+        await waitFor(() => svc.system.load > 0, 5000, "the first request in the pipeline");
+        const started = performance.now();
+        const second = postRecords(svc.url, makeRecords(10, "second"));
+        const [a, b] = await Promise.all([first, second]);
+        assert.equal(a.status, 200);
+        assert.equal(b.status, 200);
+        assert.equal(b.body.accepted, 10);
+        assert.ok(performance.now() - started >= 300, "the second one waited for the first commit");
+      } finally {
+        await svc.close();
+      }
+    },
+  );
+  await t.step(
+    "a request that waits longer than max_wait_ms gets 429 with Retry-After",
+    async () => {
+      const svc = await startTestService(
+        { ingest: { max_pipeline_records: 5, max_wait_ms: 50 } },
+        faults,
+      );
+      try {
+        const first = postRecords(svc.url, makeRecords(10, "slow"));
+        await waitFor(() => svc.system.load > 0, 5000, "the first request in the pipeline");
+        const second = await postRecords(svc.url, makeRecords(10, "late"));
+        assert.equal(second.status, 429);
+        const error = second.body.error as { code: string; message: string };
+        assert.equal(error.code, "too_many_requests");
+        assert.match(error.message, /pipeline is full/);
+        assert.ok(Number(second.headers.get("retry-after")) >= 1);
+        assert.equal((await first).status, 200);
+        const counts = await (await fetch(`${svc.url}/v1/stats`)).json();
+        assert.equal(counts.stored_records, 10, "nothing of the refused request was stored");
+      } finally {
+        await svc.close();
+      }
+    },
+  );
+});
+
 Deno.test("a crashed monitor is stopped and started again after backoff_max_ms", async () => {
   const svc = await startTestService({
     monitor: { interval_ms: 1000 },

@@ -38,7 +38,7 @@ const DEFAULTS: Config = {
       validate: { min_workers: 1, max_workers: 10, mailbox_capacity: 20_000 },
       transform: { min_workers: 1, max_workers: 4, mailbox_capacity: 20_000 },
       aggregate: { min_workers: 1, max_workers: 1, mailbox_capacity: 20_000 },
-      store: { min_workers: 1, max_workers: 5, mailbox_capacity: 20_000 },
+      store: { min_workers: 2, max_workers: 5, mailbox_capacity: 20_000 },
     },
   },
   autoscale: { interval_ms: 250, high_watermark: 0.5, low_watermark: 0.1, cooldown_ms: 2000 },
@@ -55,7 +55,7 @@ const DEFAULTS: Config = {
     claim_idle_ms: 10_000,
     max_deliveries: 5,
   },
-  ingest: { max_wait_ms: 1000, max_concurrent_requests: 64 },
+  ingest: { max_wait_ms: 1000, max_concurrent_requests: 64, max_pipeline_records: 8_000 },
   idempotency: { window_ms: 3_600_000, max_keys: 10_000, max_bytes: 67_108_864 },
   auth: { token: null, protect_metrics: false },
   process: { shards: null },
@@ -125,12 +125,24 @@ Deno.test("parseConfig fills the defaults of an absent or partial section", asyn
   await t.step("one field of a stage", () => {
     const config = valueOf(parseConfig({ pipeline: { stages: { store: { max_workers: 3 } } } }));
     assert.deepEqual(config.pipeline.stages.store, {
-      min_workers: 1,
+      min_workers: 2,
       max_workers: 3,
       mailbox_capacity: 20_000,
     });
     assert.deepEqual(config.pipeline.stages.validate, DEFAULTS.pipeline.stages.validate);
     assert.equal(config.pipeline.batch_size, 1000);
+  });
+  await t.step("max_workers below the default min_workers lowers the default with it", () => {
+    const config = valueOf(parseConfig({ pipeline: { stages: { store: { max_workers: 1 } } } }));
+    assert.deepEqual(config.pipeline.stages.store, {
+      min_workers: 1,
+      max_workers: 1,
+      mailbox_capacity: 20_000,
+    });
+    const given = parseConfig({
+      pipeline: { stages: { store: { min_workers: 2, max_workers: 1 } } },
+    });
+    assert.equal(given.ok, false, "an explicit min_workers above max_workers is still refused");
   });
   await t.step("a null section (YAML with its children commented out)", () => {
     const config = valueOf(parseConfigText("server:\n  # port: 9000\nlimits:\n", "troupe.yaml"));
