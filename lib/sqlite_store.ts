@@ -68,11 +68,17 @@
  * lets the next commit start the WAL over, and `journal_size_limit` trims the
  * file to {@linkcode WAL_SIZE_LIMIT}, so the WAL stays about the size of one
  * interval's writes or {@linkcode CHECKPOINT_BYTES}, whichever is less.
- * Durability is unchanged: `synchronous = FULL` still syncs the WAL at every
- * commit; the checkpoint syncs the database file.
+ * The checkpoint syncs the WAL before it and the database file after it.
  *
- * The work is synchronous: a commit holds the thread until it is durable.
- * Two writers in one thread therefore never overlap, and a pool of writer
+ * Durability: SQLite runs with `synchronous = NORMAL` (the WAL is written at
+ * `COMMIT` but not synced), and a `full` writer syncs the WAL itself before
+ * `commit` resolves: a group `fdatasync` on the I/O thread pool that covers
+ * every commit written while the previous one ran ({@linkcode WalSync}). An
+ * answered commit is as durable as with SQLite's own `FULL`; the thread
+ * that writes no longer waits for the disk.
+ *
+ * The SQL work is synchronous: a commit holds the thread until its rows are
+ * written. Two writers in one thread therefore never overlap, and a pool of writer
  * connections in one thread adds no throughput; `busyTimeoutMs` only matters
  * when another process opens the file at the same time (creating the schema,
  * say).
@@ -80,6 +86,7 @@
 import { DatabaseSync, type SQLInputValue, type StatementSync } from "node:sqlite";
 import { existsSync, mkdirSync, realpathSync } from "node:fs";
 import { dirname, join } from "node:path";
+import { type SyncFile, WalSync } from "./wal_sync.ts";
 import {
   type AggregateDeltas,
   aggregateRecords,
@@ -194,11 +201,18 @@ export function fromWire({ keys, bodies, failed, users, events }: WireUnit): Enc
 /** Options of {@linkcode openSqliteWriter}. */
 export interface SqliteOptions {
   /**
-   * `full` fsyncs the WAL on every commit and survives power loss; `normal`
-   * survives a crash of the process only (the OS still holds the write).
+   * `full`: a commit resolves once its WAL frames are synced to disk, and
+   * survives power loss; `normal` survives a crash of the process only (the
+   * OS still holds the write).
    * @default "full"
    */
   synchronous?: "full" | "normal";
+  /**
+   * How the WAL is synced for `full` (tests substitute a slow or failing
+   * one). The first writer opened on a file sets it for all.
+   * @default an `fdatasync` of the `-wal` file
+   */
+  syncWal?: SyncFile;
   /** Milliseconds to wait on a database locked by another process. @default 5000 */
   busyTimeoutMs?: number;
   /**
@@ -320,13 +334,17 @@ export function openSqliteWriter(path: string, options: SqliteOptions = {}): Sql
   try {
     db.exec(`PRAGMA busy_timeout = ${busyTimeoutMs}`);
     db.exec("PRAGMA journal_mode = WAL");
-    db.exec(`PRAGMA synchronous = ${synchronous.toUpperCase()}`);
+    // `full` is kept by syncing the WAL before each answer (lib/wal_sync.ts), off this thread.
+    db.exec("PRAGMA synchronous = NORMAL");
     // Checkpoints run on the shared timer, not in whichever commit fills the WAL.
     db.exec("PRAGMA wal_autocheckpoint = 0");
     db.exec(`PRAGMA journal_size_limit = ${WAL_SIZE_LIMIT}`);
     migrate(db, path);
     shared = joinSharedFile(path, db, intervalMs, cacheRows);
-    return new SqliteWriter(db, shared);
+    const wal = synchronous === "full" && !shared.key.startsWith(":memory:")
+      ? (shared.wal ??= new WalSync(`${shared.key}-wal`, options.syncWal))
+      : undefined;
+    return new SqliteWriter(db, shared, wal);
   } catch (error) {
     if (shared !== undefined) leaveSharedFile(shared, db);
     db.close();
@@ -341,6 +359,14 @@ export interface SqliteStoreWriter extends StoreWriter {
    * once (the work is synchronous); same outcomes as `commit`.
    */
   commitEncoded(units: readonly EncodedUnit[]): CommitOutcome[];
+  /**
+   * Resolves once every commit made so far is on disk: at once for
+   * `synchronous: "normal"`, after a group `fdatasync` of the WAL for
+   * `"full"` ({@linkcode WalSync}). `commit` waits for it itself;
+   * `commitEncoded` leaves it to the caller, so the thread can write the
+   * next commit while the disk syncs this one.
+   */
+  durable(): Promise<void>;
 }
 
 /**
@@ -539,6 +565,8 @@ interface SharedFile {
   lastCheckpoint: number;
   /** Bytes written since then, estimated from the record bodies. */
   written: number;
+  /** Group sync of the WAL, made by the first `full` writer. */
+  wal?: WalSync;
 }
 
 /** Shared state by real path of the file; `:memory:` databases are never shared. */
@@ -580,6 +608,7 @@ function leaveSharedFile(shared: SharedFile, db: DatabaseSync): void {
   clearInterval(shared.timer);
   clearTimeout(shared.soon);
   sharedFiles.delete(shared.key);
+  shared.wal?.close().catch(() => {});
 }
 
 /** Lets the process exit while `timer` is pending (Bun and Node: `unref()`; Deno: `unrefTimer`). */
@@ -614,6 +643,7 @@ function checkpoint(shared: SharedFile): void {
 class SqliteWriter implements SqliteStoreWriter {
   #db: DatabaseSync;
   #shared: SharedFile;
+  #wal: WalSync | undefined;
   #closed = false;
   /** Prepared statements by kind and row count, so each shape is compiled once. */
   #statements = new Map<string, StatementSync>();
@@ -624,9 +654,10 @@ class SqliteWriter implements SqliteStoreWriter {
   #pendingUsers: CachedUser[] = [];
   #pendingEvents: EventAggregate[] = [];
 
-  constructor(db: DatabaseSync, shared: SharedFile) {
+  constructor(db: DatabaseSync, shared: SharedFile, wal: WalSync | undefined) {
     this.#db = db;
     this.#shared = shared;
+    this.#wal = wal;
     this.#ping = db.prepare("SELECT 1");
     this.#lastSeq = db.prepare("SELECT coalesce(max(seq), 0) AS last FROM records");
     this.#addTotals = db.prepare(
@@ -635,16 +666,18 @@ class SqliteWriter implements SqliteStoreWriter {
     );
   }
 
-  commit(units: readonly CommitUnit[]): Promise<CommitOutcome[]> {
-    try {
-      return Promise.resolve(this.#commit(encodeUnits(units)));
-    } catch (error) {
-      return Promise.reject(error);
-    }
+  async commit(units: readonly CommitUnit[]): Promise<CommitOutcome[]> {
+    const outcomes = this.#commit(encodeUnits(units));
+    await this.durable();
+    return outcomes;
   }
 
   commitEncoded(units: readonly EncodedUnit[]): CommitOutcome[] {
     return this.#commit(units);
+  }
+
+  durable(): Promise<void> {
+    return this.#wal === undefined ? Promise.resolve() : this.#wal.durable();
   }
 
   ping(): Promise<void> {

@@ -48,21 +48,29 @@ function writerOf(conn: number): SqliteStoreWriter {
   return writer;
 }
 
-async function handle(request: WorkerRequest): Promise<string[] | undefined> {
+/**
+ * Runs one request's SQLite work now (every writer method here is
+ * synchronous, so two connections' transactions never interleave) and
+ * returns its answer, which for a commit settles once the commit is
+ * durable: the next message is written while the WAL syncs.
+ */
+function handle(request: WorkerRequest): Promise<string[] | undefined> {
   switch (request.op) {
     case "open":
       writers.set(request.conn, openSqliteWriter(request.path, request.options));
-      return undefined;
+      return Promise.resolve(undefined);
     case "commit": {
-      const outcomes = writerOf(request.conn).commitEncoded(request.units.map(fromWire));
-      return outcomes.map((o) => o.inserted.map((b) => (b ? "1" : "0")).join(""));
+      const writer = writerOf(request.conn);
+      const outcomes = writer.commitEncoded(request.units.map(fromWire));
+      const inserted = outcomes.map((o) => o.inserted.map((b) => (b ? "1" : "0")).join(""));
+      return writer.durable().then(() => inserted);
     }
     case "ping":
-      return void await writerOf(request.conn).ping();
+      return writerOf(request.conn).ping().then(() => undefined);
     case "close": {
       const writer = writers.get(request.conn);
       writers.delete(request.conn);
-      return void await writer?.close();
+      return (writer?.close() ?? Promise.resolve()).then(() => undefined);
     }
     default:
       throw new TypeError(
@@ -77,12 +85,15 @@ const scope = globalThis as unknown as {
   postMessage(message: WorkerReply): void;
 };
 
-/** Requests run one after another, so two connections' transactions never interleave here. */
-let queue: Promise<unknown> = Promise.resolve();
-
 scope.onmessage = (event) => {
   const { id } = event.data;
-  queue = queue.then(() => handle(event.data)).then(
+  let reply: Promise<string[] | undefined>;
+  try {
+    reply = handle(event.data);
+  } catch (error) {
+    reply = Promise.reject(error);
+  }
+  reply.then(
     (value) => scope.postMessage({ id, ok: true, value }),
     (error) => {
       const e = error instanceof Error ? error : new Error(String(error));

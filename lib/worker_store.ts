@@ -32,7 +32,7 @@ import type { WorkerReply, WorkerRequest } from "./sqlite_worker.ts";
 import type { CommitOutcome, CommitUnit, StoreWriter } from "./store.ts";
 
 /** Options of {@linkcode openWorkerWriter}. */
-export interface WorkerStoreOptions extends SqliteOptions {
+export interface WorkerStoreOptions extends Omit<SqliteOptions, "syncWal"> {
   /**
    * One worker for all writers of the same path and options; `false` gives
    * each writer its own worker.

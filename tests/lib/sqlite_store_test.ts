@@ -716,3 +716,45 @@ console.log("committed, not closed");
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("StoreWriter.commit with synchronous full answers only after the WAL is synced", async (t) => {
+  const syncs: Array<{ path: string; resolve: () => void; reject: (e: Error) => void }> = [];
+  const syncWal = (path: string) =>
+    new Promise<void>((resolve, reject) => syncs.push({ path, resolve, reject }));
+  await withStore(async ({ path, writer, reader }) => {
+    await t.step("the commit waits for the sync of its WAL", async () => {
+      let answered = false;
+      const commit = writer.commit([unit(SEED, [], true)]).then((o) => {
+        answered = true;
+        return o;
+      });
+      await new Promise((r) => setTimeout(r, 20));
+      assert.equal(syncs.length, 1, "one sync was asked for");
+      assert.equal(syncs[0].path, `${Deno.realPathSync(path)}-wal`);
+      assert.equal(answered, false, "not answered before the WAL is on disk");
+      assert.deepEqual(await reader.getRecord(1), SEED[0], "the rows are written already");
+      syncs[0].resolve();
+      assert.deepEqual(await commit, [{ inserted: [true, true] }]);
+    });
+    await t.step("a failed sync fails the commit", async () => {
+      const commit = writer.commit([unit([processed({ ...SEED[0], id: 10 })])]);
+      await new Promise((r) => setTimeout(r, 20));
+      syncs[1].reject(new Error("EIO: injected"));
+      await assert.rejects(commit, /EIO/);
+    });
+  }, { synchronous: "full", syncWal });
+});
+
+Deno.test("StoreWriter.commit with synchronous normal does not sync the WAL", async () => {
+  let syncs = 0;
+  await withStore(async ({ writer }) => {
+    await writer.commit([unit(SEED, [], true)]);
+  }, {
+    synchronous: "normal",
+    syncWal: () => {
+      syncs++;
+      return Promise.resolve();
+    },
+  });
+  assert.equal(syncs, 0);
+});
