@@ -54,6 +54,7 @@ import process from "node:process";
 import { DatabaseSync } from "node:sqlite";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { decodeBody } from "../lib/sqlite_store.ts";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 
@@ -829,7 +830,7 @@ function checkStore(
       rows++;
       const key = String(row.id);
       const id = Number(key);
-      const body = JSON.parse(String(row.body));
+      const body = decodeBody(String(row.body));
       if (!Number.isSafeInteger(id) || id < 1 || id > ledger.maxId) {
         unexpectedStored++;
         if (unexpectedStored <= 5) problems.push(`stored id "${key}" was never sent`);

@@ -17,7 +17,12 @@
 import { DatabaseSync } from "node:sqlite";
 import { aggregateRecords } from "../lib/aggregate.ts";
 import type { ProcessedRecord } from "../lib/schemas.ts";
-import { openSqliteWriter, type SqliteOptions, sqlitePath } from "../lib/sqlite_store.ts";
+import {
+  encodeBody,
+  openSqliteWriter,
+  type SqliteOptions,
+  sqlitePath,
+} from "../lib/sqlite_store.ts";
 import type { CommitUnit, StoreWriter } from "../lib/store.ts";
 import { processedRecords } from "./_records.ts";
 
@@ -160,3 +165,21 @@ for (const synchronous of ["normal", "full"] as const) {
     },
   });
 }
+
+// The stored body: the positional array of schema 2 against the object of schema 1.
+const bodyRecords = processedRecords(1_000_000, RECORDS);
+Deno.bench({
+  name: "encode 1000 bodies: encodeBody (schema 2 array)",
+  group: "body encoding",
+  baseline: true,
+  fn() {
+    for (const r of bodyRecords) encodeBody(r);
+  },
+});
+Deno.bench({
+  name: "encode 1000 bodies: JSON.stringify of the object (schema 1)",
+  group: "body encoding",
+  fn() {
+    for (const r of bodyRecords) JSON.stringify(r);
+  },
+});

@@ -3,7 +3,7 @@
  * A {@linkcode StoreWriter} whose SQLite work runs on a Worker thread
  * (`lib/sqlite_worker.ts`), so the main thread keeps HTTP, parsing and the
  * stages and pays only for the hand-off: the JSON body of each record
- * ({@linkcode encodeUnits}, which the direct writer does as well) and the
+ * ({@linkcode toWire}, which the direct writer does as well) and the
  * copy of those strings into the message. Inserts, upserts and the fsync of
  * `COMMIT` use the second core. The readers of the query routes stay on the main thread
  * (WAL lets them read while the worker writes).
@@ -27,7 +27,7 @@
  * its writers rejects; the storage connections crash and their pool
  * restarts them, which opens a fresh worker.
  */
-import { encodeUnits, type SqliteOptions, toWire } from "./sqlite_store.ts";
+import { type SqliteOptions, toWire } from "./sqlite_store.ts";
 import type { WorkerReply, WorkerRequest } from "./sqlite_worker.ts";
 import type { CommitOutcome, CommitUnit, StoreWriter } from "./store.ts";
 
@@ -144,7 +144,7 @@ class WorkerWriter implements StoreWriter {
 
   async commit(units: readonly CommitUnit[]): Promise<CommitOutcome[]> {
     if (this.#closed) throw new Error("Storage connection is closed");
-    const encoded = encodeUnits(units).map(toWire);
+    const encoded = units.map(toWire);
     const inserted = await this.#thread.request({ op: "commit", conn: this.#conn, units: encoded });
     return inserted!.map((flags) => ({ inserted: Array.from(flags, (flag) => flag === "1") }));
   }

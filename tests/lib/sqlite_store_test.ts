@@ -15,11 +15,17 @@ import { aggregateRecords, mergeEvent, mergeUser } from "../../lib/aggregate.ts"
 import type { FailedRecord, ProcessedRecord, RecordId, StageName } from "../../lib/schemas.ts";
 import { recordKey, toUtcIso } from "../../lib/schemas.ts";
 import {
+  decodeBody,
+  encodeBody,
+  encodeUnits,
+  fromWire,
+  keyOfBody,
   openSqliteReader,
   openSqliteWriter,
   SCHEMA_VERSION,
   type SqliteOptions,
   sqlitePath,
+  toWire,
 } from "../../lib/sqlite_store.ts";
 import type { CommitUnit, StoreReader, StoreWriter } from "../../lib/store.ts";
 import { processedRecord, SEED_PROCESSED, SEED_USER } from "../_helpers.ts";
@@ -105,7 +111,7 @@ Deno.test("openSqliteWriter refuses a file with another schema version", async (
     const db = new DatabaseSync(path);
     db.exec("PRAGMA user_version = 99");
     db.close();
-    assert.throws(() => openSqliteWriter(path), /schema version 99 is not 1/);
+    assert.throws(() => openSqliteWriter(path), /schema version 99 is not 2/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -466,7 +472,7 @@ function storedRecords(path: string): ProcessedRecord[] {
   const db = new DatabaseSync(path, { readOnly: true });
   try {
     return (db.prepare("SELECT body FROM records ORDER BY seq").all() as { body: string }[])
-      .map((row) => JSON.parse(row.body));
+      .map((row) => decodeBody(row.body));
   } finally {
     db.close();
   }
@@ -757,4 +763,78 @@ Deno.test("StoreWriter.commit with synchronous normal does not sync the WAL", as
     },
   });
   assert.equal(syncs, 0);
+});
+
+Deno.test("encodeBody writes the schema 2 array and decodeBody reads it and the schema 1 object", async (t) => {
+  const record = processed({ ...SEED[0], id: 'a "quoted"\nid' }, { nested: { a: [1, "x"] } });
+  await t.step("a round trip gives the record back", () => {
+    const body = encodeBody(record);
+    assert.ok(body.startsWith("["), body);
+    assert.deepEqual(decodeBody(body), record);
+    assert.deepEqual(JSON.parse(body).length, 10);
+  });
+  await t.step("an object body of schema 1 reads as it is", () => {
+    assert.deepEqual(decodeBody(JSON.stringify(record)), record);
+  });
+  await t.step("any record survives the round trip", () => {
+    fc.assert(
+      fc.property(recordArb, fc.jsonValue(), (r, extra) => {
+        const p = processed(r, { extra });
+        assert.deepEqual(decodeBody(encodeBody(p)), JSON.parse(JSON.stringify(p)));
+      }),
+      { numRuns: 300 },
+    );
+  });
+});
+
+Deno.test("openSqliteWriter takes a schema 1 file to 2 and reads its old bodies", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "troupe_sqlite_v1_" });
+  try {
+    const path = sqlitePath(`${dir}/data`);
+    const writer = openSqliteWriter(path, { synchronous: "normal" });
+    await writer.commit([unit([SEED[0]], [], true)]);
+    await writer.close();
+    // Make it a schema 1 file: version 1, the record stored as an object.
+    const db = new DatabaseSync(path);
+    db.exec("PRAGMA user_version = 1");
+    db.prepare("UPDATE records SET body = ? WHERE id = '1'").run(JSON.stringify(SEED[0]));
+    db.close();
+    const again = openSqliteWriter(path, { synchronous: "normal" });
+    await again.commit([unit([SEED[1]], [], true)]);
+    const reader = openSqliteReader(path);
+    try {
+      assert.deepEqual(await reader.getRecord(1), SEED[0], "the old object body");
+      assert.deepEqual(await reader.getRecord(2), SEED[1], "a new array body");
+      const check = new DatabaseSync(path, { readOnly: true });
+      const version = check.prepare("PRAGMA user_version").get() as { user_version: number };
+      check.close();
+      assert.equal(version.user_version, SCHEMA_VERSION);
+      assert.equal(SCHEMA_VERSION, 2);
+    } finally {
+      await reader.close();
+      await again.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("keyOfBody reads the key of any id off its body, and the wire form round-trips", () => {
+  const idArb = fc.oneof(
+    fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }),
+    fc.string({ minLength: 1, maxLength: 40 }),
+    fc.string({ unit: "grapheme", minLength: 1, maxLength: 10 }),
+  );
+  fc.assert(
+    fc.property(idArb, (id) => {
+      const record = processed({ ...SEED[0], id });
+      assert.equal(keyOfBody(encodeBody(record)), recordKey(id));
+    }),
+    { numRuns: 500 },
+  );
+  for (const id of ['a"b', "a\\b", "new\nline", "\u2028", 0, 9_007_199_254_740_991]) {
+    assert.equal(keyOfBody(encodeBody(processed({ ...SEED[0], id }))), recordKey(id));
+  }
+  const units = [unit(SEED, [failure("validate", 1)], true), unit([])];
+  assert.deepEqual(units.map(toWire).map(fromWire), encodeUnits(units));
 });

@@ -153,7 +153,7 @@ Deno.test("openWorkerWriter rejects a file with another schema version", async (
     db.exec("PRAGMA user_version = 99");
     db.close();
 
-    await assert.rejects(openWorkerWriter(path), /schema version 99 is not 1/);
+    await assert.rejects(openWorkerWriter(path), /schema version 99 is not 2/);
   });
 });
 
