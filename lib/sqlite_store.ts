@@ -319,9 +319,12 @@ export const WAL_SIZE_LIMIT = 16 * 1024 * 1024;
  * About this many bytes written since the last checkpoint schedule the next
  * one at once (on the next turn of the event loop, not inside the commit),
  * so that a busy writer keeps the WAL under {@linkcode WAL_SIZE_LIMIT} and
- * each checkpoint short.
+ * each checkpoint short. A checkpoint holds the writer's thread, and every
+ * commit queued behind it waits: at 8 MiB each took about 25 ms, and the
+ * p99 of 1000-record requests at 110k records/s was 59 ms; at 2 MiB it was
+ * 34 to 44 ms for the same throughput (docs/PERFORMANCE.md).
  */
-export const CHECKPOINT_BYTES = WAL_SIZE_LIMIT / 2;
+export const CHECKPOINT_BYTES = WAL_SIZE_LIMIT / 8;
 
 /** What a commit writes besides record bodies, estimated: a few pages of index, users, totals. */
 const COMMIT_OVERHEAD_BYTES = 8 * 4096;
