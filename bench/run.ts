@@ -28,11 +28,15 @@
  * (`--cpu-prof`), stops it with SIGTERM so the profile is written, and
  * prints the summary of `bench/cpu_profile.ts`.
  *
+ * `--store-workers` runs every service measurement once per count of
+ * storage connections (`pipeline.stages.store`, min = max), for the chart
+ * of records/s against worker counts and batch sizes.
+ *
  * Run:
  * ```sh
  * deno run -A bench/run.ts [--duration 5] [--warmup 1] [--connections 4,16,64] [--batch 100,1000]
  *   [--runtimes deno,bun] [--servers parse,validate,full,normal] [--no-half-rate]
- *   [--settle 60] [--max-noise 0.3] [--retries 2] [--json FILE] [--svg FILE]
+ *   [--store-workers 1,2,4] [--settle 60] [--max-noise 0.3] [--retries 2] [--json FILE] [--svg FILE]
  * deno run -A bench/run.ts profile [--runtime deno|bun] [--batch 1000] [--connections 16]
  *   [--duration 10] [--synchronous full|normal] [--dir DIR]
  * ```
@@ -79,6 +83,8 @@ export interface Measurement {
   exitCode: number | null;
   /** Set on an attempt that was too noisy and is repeated (progress output only). */
   discarded?: boolean;
+  /** Storage connections of the service (`pipeline.stages.store`), when the run set them. */
+  storeWorkers?: number;
 }
 
 /** A server process started by the harness. */
@@ -194,10 +200,14 @@ export function startService(
   runtime: Runtime,
   synchronous: "full" | "normal",
   profileDir?: string,
+  storeWorkers?: number,
 ): Promise<Started> {
   return startServer(runtime, "main.ts", (dir) => {
     const config = join(dir, "troupe.yaml");
-    writeFileSync(config, `storage:\n  synchronous: ${synchronous}\n`);
+    const store = storeWorkers === undefined
+      ? ""
+      : `pipeline:\n  stages:\n    store: { min_workers: ${storeWorkers}, max_workers: ${storeWorkers} }\n`;
+    writeFileSync(config, `storage:\n  synchronous: ${synchronous}\n${store}`);
     return ["serve", "--port", "0", "--data", join(dir, "data"), "--config", config];
   }, { ready: true, profileDir });
 }
@@ -261,6 +271,8 @@ export interface MatrixOptions {
   warmupS: number;
   /** Measure the service's latency at half its best rate. */
   halfRate: boolean;
+  /** Storage connections to run the service with, each a measurement; the default when empty. */
+  storeWorkers: number[];
   /** Seconds to wait at most for a quiet machine before each measurement (0: do not wait). */
   settleS: number;
   /** A measurement during which other processes kept more cores busy than this is repeated. */
@@ -317,13 +329,21 @@ export async function runMatrix(options: MatrixOptions): Promise<Measurement[]> 
     batch: number,
     connections: number,
     rate?: number,
+    storeWorkers?: number,
   ): Promise<Measurement> => {
-    const s = await startService(runtime, server as "full" | "normal");
+    const s = await startService(runtime, server as "full" | "normal", undefined, storeWorkers);
     const [report, stopped] = await loadThenStop(
       s,
       () => load(s.url, s.pid, batch, connections, rate),
     );
-    return { runtime, server, report, shutdownMs: stopped.ms, exitCode: stopped.code };
+    return {
+      runtime,
+      server,
+      report,
+      shutdownMs: stopped.ms,
+      exitCode: stopped.code,
+      ...(storeWorkers === undefined ? {} : { storeWorkers }),
+    };
   };
   for (const runtime of options.runtimes) {
     const ceilings = new Map<ServerKind, Started>();
@@ -336,15 +356,20 @@ export async function runMatrix(options: MatrixOptions): Promise<Measurement[]> 
           // Interleaved, so a drift of the machine's speed hits ceiling and service alike.
           for (const server of options.servers) {
             const ceiling = ceilings.get(server);
-            await measure(async () =>
-              ceiling === undefined ? await service(runtime, server, batch, connections) : {
+            if (ceiling !== undefined) {
+              await measure(async () => ({
                 runtime,
                 server,
                 report: await load(ceiling.url, ceiling.pid, batch, connections),
                 shutdownMs: null,
                 exitCode: null,
-              }
-            );
+              }));
+              continue;
+            }
+            const workers = options.storeWorkers.length === 0 ? [undefined] : options.storeWorkers;
+            for (const w of workers) {
+              await measure(() => service(runtime, server, batch, connections, undefined, w));
+            }
           }
         }
       }
@@ -401,6 +426,7 @@ export function formatTable(all: Measurement[]): string {
       "server",
       "batch",
       "conns",
+      "store conns",
       "records/s",
       "× parse ceiling",
       "p50 ms",
@@ -411,7 +437,7 @@ export function formatTable(all: Measurement[]): string {
       "noise cores",
       "shutdown ms",
     ]),
-    "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
   ];
   for (const m of closed) {
     const r = m.report;
@@ -422,6 +448,7 @@ export function formatTable(all: Measurement[]): string {
       m.server,
       r.batch,
       r.connections,
+      m.server === "parse" || m.server === "validate" ? "" : m.storeWorkers ?? "default",
       fmt(r.recordsPerS),
       ratio,
       r.latencyMs.p50,
@@ -484,12 +511,18 @@ export function formatTable(all: Measurement[]): string {
  * A grouped bar chart (SVG) of closed-loop records/s: one group per
  * runtime, batch and connections, one bar per server.
  */
+/** The bar group of a measurement in the chart: runtime, batch, connections, store workers. */
+function groupKey(m: Measurement): string {
+  const w = m.storeWorkers === undefined ? "" : ` W${m.storeWorkers}`;
+  return `${m.runtime} B${m.report.batch} C${m.report.connections}${w}`;
+}
+
 export function renderSvg(all: Measurement[], title: string): string {
   const closed = all.filter((m) => m.report.rate === null);
   const servers = SERVER_KINDS.filter((s) => closed.some((m) => m.server === s));
   const groups: string[] = [];
   for (const m of closed) {
-    const key = `${m.runtime} B${m.report.batch} C${m.report.connections}`;
+    const key = groupKey(m);
     if (!groups.includes(key)) groups.push(key);
   }
   const colours: Record<ServerKind, string> = {
@@ -521,9 +554,7 @@ export function renderSvg(all: Measurement[], title: string): string {
   groups.forEach((g, gi) => {
     const x0 = left + gi * groupW + 8;
     servers.forEach((s, si) => {
-      const m = closed.find((m) =>
-        `${m.runtime} B${m.report.batch} C${m.report.connections}` === g && m.server === s
-      );
+      const m = closed.find((m) => groupKey(m) === g && m.server === s);
       if (!m) return;
       const v = m.report.recordsPerS;
       out.push(
@@ -604,6 +635,7 @@ async function main(args: string[]): Promise<number> {
       servers: { type: "string", default: SERVER_KINDS.join(",") },
       synchronous: { type: "string", default: "full" },
       "no-half-rate": { type: "boolean", default: false },
+      "store-workers": { type: "string", default: "" },
       settle: { type: "string", default: "60" },
       "max-noise": { type: "string", default: "0.3" },
       retries: { type: "string", default: "2" },
@@ -659,6 +691,9 @@ async function main(args: string[]): Promise<number> {
     durationS,
     warmupS,
     halfRate: !values["no-half-rate"],
+    storeWorkers: values["store-workers"] === ""
+      ? []
+      : list(values["store-workers"], Number, (n) => positive(n) && n <= 5, "store-workers"),
     settleS: Number(values.settle),
     maxNoise: Number(values["max-noise"]),
     retries: Number(values.retries),
@@ -686,7 +721,12 @@ async function main(args: string[]): Promise<number> {
   if (values.svg) {
     writeFileSync(
       values.svg,
-      renderSvg(results, "troupe: records/s by runtime, batch (B) and connections (C)"),
+      renderSvg(
+        results,
+        options.storeWorkers.length === 0
+          ? "troupe: records/s by runtime, batch (B) and connections (C)"
+          : "troupe: records/s by runtime, batch (B), connections (C) and storage connections (W)",
+      ),
     );
   }
   return 0;
