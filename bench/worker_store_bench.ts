@@ -5,10 +5,11 @@
  * temporary directory, with records like seed 000's (1000 a commit):
  *
  * - `hand-off`: what crossing the thread costs per commit of 1000 records:
- *   `JSON.stringify` of the units (paid by the main thread, the chosen
- *   way), `JSON.parse` of that string (paid by the worker) and
- *   `structuredClone` of the units (what posting the objects would cost the
- *   main thread).
+ *   `toWire` (each record's positional JSON body, joined into one text:
+ *   paid by the main thread), `fromWire` (split, keys read off the bodies:
+ *   paid by the worker), against the earlier `JSON.stringify` of the record
+ *   objects and `structuredClone` of them (what posting the objects would
+ *   cost).
  * - `commit`: one commit of 1000 new records, waited for, direct and
  *   through the worker.
  * - `writers`: 4 writers committing 1000 new records each at once, through
@@ -17,7 +18,7 @@
  * Run: `deno bench --allow-all bench/worker_store_bench.ts`
  */
 import type { ProcessedRecord } from "../lib/schemas.ts";
-import { openSqliteWriter, sqlitePath } from "../lib/sqlite_store.ts";
+import { fromWire, openSqliteWriter, sqlitePath, toWire } from "../lib/sqlite_store.ts";
 import type { CommitUnit, StoreWriter } from "../lib/store.ts";
 import { processedRecords } from "./_records.ts";
 import { openWorkerWriter } from "../lib/worker_store.ts";
@@ -43,14 +44,22 @@ function freshUnits(): CommitUnit[] {
 }
 
 const sample = freshUnits();
-const sampleJson = JSON.stringify(sample.map((u) => ({ records: u.records, failed: u.failed })));
+const wire = sample.map(toWire);
 
-Deno.bench("JSON.stringify of 1000 records (main thread)", { group: "hand-off" }, () => {
-  JSON.stringify(sample.map((u) => ({ records: u.records, failed: u.failed })));
+Deno.bench("toWire of 1000 records: bodies and one text (main thread)", {
+  group: "hand-off",
+}, () => {
+  sample.map(toWire);
 });
 
-Deno.bench("JSON.parse of 1000 records (worker)", { group: "hand-off" }, () => {
-  JSON.parse(sampleJson);
+Deno.bench("fromWire of 1000 records: split, keys (worker)", { group: "hand-off" }, () => {
+  wire.map(fromWire);
+});
+
+Deno.bench("JSON.stringify of 1000 record objects (the earlier hand-off)", {
+  group: "hand-off",
+}, () => {
+  JSON.stringify(sample.map((u) => ({ records: u.records, failed: u.failed })));
 });
 
 Deno.bench("structuredClone of 1000 records", { group: "hand-off", baseline: true }, () => {
