@@ -147,20 +147,23 @@ export function createIngestRoutes(deps: IngestDeps): Hono<AppEnv> {
     throw new ApiError(status, code, message, { details });
   }
 
+  /** Throws the 429 of a request refused before its body was read (which is dropped). */
+  function refuseUnread(c: Context<AppEnv>, message: string): never {
+    stats.observeFailure();
+    c.req.raw.body?.cancel().catch(() => {});
+    const retry = system.retryAfterSeconds();
+    throw new ApiError(429, "too_many_requests", message, {
+      headers: { "retry-after": String(retry) },
+      details: { retry_after_seconds: retry },
+    });
+  }
+
   // Requests past the cap are refused before their bodies are read: bodies
   // waiting to be parsed are memory the mailboxes cannot bound.
   let active = 0;
   app.post("/v1/records", async (c, next) => {
     if (active >= maxConcurrent) {
-      stats.observeFailure();
-      c.req.raw.body?.cancel().catch(() => {});
-      const retry = system.retryAfterSeconds();
-      throw new ApiError(
-        429,
-        "too_many_requests",
-        `Too many ingest requests in progress (${active} of ${maxConcurrent})`,
-        { headers: { "retry-after": String(retry) }, details: { retry_after_seconds: retry } },
-      );
+      refuseUnread(c, `Too many ingest requests in progress (${active} of ${maxConcurrent})`);
     }
     active++;
     try {
@@ -182,14 +185,9 @@ export function createIngestRoutes(deps: IngestDeps): Hono<AppEnv> {
     }
     const pass = await admission.enter(maxWaitMs);
     if (pass === null) {
-      stats.observeFailure();
-      c.req.raw.body?.cancel().catch(() => {});
-      const retry = system.retryAfterSeconds();
-      throw new ApiError(
-        429,
-        "too_many_requests",
+      refuseUnread(
+        c,
         `The pipeline is full: ${system.load} records in it, ${admission.waiting} requests waiting`,
-        { headers: { "retry-after": String(retry) }, details: { retry_after_seconds: retry } },
       );
     }
     try {
