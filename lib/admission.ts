@@ -114,15 +114,6 @@ export class Admission {
     this.#idle();
   }
 
-  /** Lets every waiter go with `null` (shutting down). */
-  cancelWaiters(): void {
-    for (const waiter of this.#waiters.splice(0)) {
-      clearTimeout(waiter.timer);
-      waiter.resolve(null);
-    }
-    this.#idle();
-  }
-
   #room(): boolean {
     const load = this.#load();
     if (load === 0 && this.#reading === 0) return true;

@@ -300,7 +300,7 @@ export const Config = v.strictObject({
            * default so that one commit is already waiting at the writer
            * while the other is written: with one, the SQLite thread sat
            * idle between commits for the answer's round trip and the next
-           * hand-off (docs/PERFORMANCE.md, "Store pipelining").
+           * hand-off (docs/PERFORMANCE.md, "What changed in this round").
            * @default { min_workers: 2, max_workers: 5, mailbox_capacity: 20000 }
            */
           store: stage({ min_workers: 2, max_workers: 5, mailbox_capacity: 20_000 }, 5),

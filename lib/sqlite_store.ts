@@ -122,13 +122,11 @@ import type {
 } from "./store.ts";
 
 /**
- * One commit unit as the writer needs it, built by {@linkcode encodeUnits}
- * on the thread that made the records: each record's key and JSON body,
- * the failed records as their row values, and the aggregate deltas as
- * plain arrays. Strings and arrays of strings cross to a Worker thread by a
- * copy of their bytes, where the records themselves would be cloned field
- * by field or sent as one JSON text to parse and write out again (1.7 µs a
- * record on the writer's thread, measured in `bench/worker_store_bench.ts`).
+ * One commit unit as the writer needs it: each record's key and stored
+ * body, the failed records as their row values, and the aggregate deltas
+ * as plain arrays. Made by {@linkcode encodeUnits} on the writer's own
+ * thread, or by {@linkcode fromWire} on the Worker from what
+ * {@linkcode toWire} sent.
  */
 export interface EncodedUnit {
   /** {@linkcode recordKey} of each record, in order. */
@@ -210,19 +208,21 @@ function deltaArrays(u: CommitUnit): Pick<EncodedUnit, "users" | "events"> {
     : { users: [...u.deltas.users.values()], events: [...u.deltas.events.values()] };
 }
 
+/** {@linkcode encodeBody} of each record, in order. */
+function bodiesOf(records: CommitUnit["records"]): string[] {
+  const bodies = new Array<string>(records.length);
+  for (let i = 0; i < records.length; i++) bodies[i] = encodeBody(records[i]);
+  return bodies;
+}
+
 /** Encodes commit units for {@linkcode SqliteStoreWriter.commitEncoded} on this thread. */
 export function encodeUnits(units: readonly CommitUnit[]): EncodedUnit[] {
-  return units.map((u): EncodedUnit => {
-    const n = u.records.length;
-    const keys = new Array<string>(n);
-    const bodies = new Array<string>(n);
-    for (let i = 0; i < n; i++) {
-      const record = u.records[i];
-      keys[i] = recordKey(record.id);
-      bodies[i] = encodeBody(record);
-    }
-    return { keys, bodies, failed: failedValues(u.failed), ...deltaArrays(u) };
-  });
+  return units.map((u): EncodedUnit => ({
+    keys: u.records.map((r) => recordKey(r.id)),
+    bodies: bodiesOf(u.records),
+    failed: failedValues(u.failed),
+    ...deltaArrays(u),
+  }));
 }
 
 /**
@@ -243,10 +243,11 @@ export interface WireUnit {
 
 /** A commit unit to {@linkcode WireUnit}, on the thread that made its records. */
 export function toWire(u: CommitUnit): WireUnit {
-  const n = u.records.length;
-  const bodies = new Array<string>(n);
-  for (let i = 0; i < n; i++) bodies[i] = encodeBody(u.records[i]);
-  return { bodies: bodies.join("\n"), failed: failedValues(u.failed), ...deltaArrays(u) };
+  return {
+    bodies: bodiesOf(u.records).join("\n"),
+    failed: failedValues(u.failed),
+    ...deltaArrays(u),
+  };
 }
 
 /** {@linkcode WireUnit} to {@linkcode EncodedUnit}, on the writer's thread. */

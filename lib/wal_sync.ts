@@ -7,9 +7,10 @@
  * runtime's I/O thread pool, not on the thread that writes.
  *
  * Why: with `PRAGMA synchronous = FULL`, SQLite syncs the WAL inside each
- * `COMMIT`, and the writer thread waits for the disk: 40 % of the SQLite
- * thread's time under load on this machine (0.59 cores of CPU while the
- * thread was never idle; docs/PERFORMANCE.md, "Group commit"). The store
+ * `COMMIT`, and the writer thread waits for the disk: under load on this
+ * machine the SQLite thread was in uninterruptible I/O wait in 7 % of
+ * samples of its state (docs/PERFORMANCE.md, "What changed in this
+ * round"). The store
  * now runs SQLite with `synchronous = NORMAL` (the WAL is written at
  * `COMMIT`, and synced before checkpoints, after them and when the WAL
  * starts over) and syncs the WAL itself before a commit is answered. An

@@ -118,14 +118,6 @@ Deno.test("Admission passes: leave implies submitted, and both count once", asyn
   assert.notEqual(await d, null);
 });
 
-Deno.test("Admission.cancelWaiters answers every waiter null", async () => {
-  const gate = new Admission(() => 10_000, 1000, 1000);
-  const waits = [gate.enter(10_000), gate.enter(10_000)];
-  gate.cancelWaiters();
-  assert.deepEqual(await Promise.all(waits), [null, null]);
-  assert.equal(gate.waiting, 0);
-});
-
 Deno.test("Admission refuses a limit below 1", () => {
   assert.throws(() => new Admission(() => 0, 0, 1000), RangeError);
 });
