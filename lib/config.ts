@@ -678,6 +678,15 @@ export const Config = v.strictObject({
   process: v.nullish(
     v.strictObject({
       /**
+       * Records per batch in file mode, in place of `pipeline.batch_size`:
+       * no request waits for a batch there, so larger ones cost less per
+       * record (each batch is a few actor messages per stage). 4000 ran
+       * 375k to 408k records/s on a 1M-record file with two shards, 1000
+       * ran 294k to 364k (docs/PERFORMANCE.md, "Process mode").
+       * @default 4000
+       */
+      batch_size: integer(4_000, 1, 100_000),
+      /**
        * Worker threads (shards) the records of a file are split over, by
        * record id (see `lib/process_shards.ts`); 1 keeps the whole run on
        * one thread. `null` picks: one shard per 16 MiB of input, at most

@@ -58,7 +58,7 @@ const DEFAULTS: Config = {
   ingest: { max_wait_ms: 1000, max_concurrent_requests: 64, max_pipeline_records: 8_000 },
   idempotency: { window_ms: 3_600_000, max_keys: 10_000, max_bytes: 67_108_864 },
   auth: { token: null, protect_metrics: false },
-  process: { shards: null },
+  process: { batch_size: 4_000, shards: null },
   faults: {
     stages: {},
     poison_ids: [],

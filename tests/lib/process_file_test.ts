@@ -18,6 +18,7 @@ import { writeRecords } from "../../bench/make_records.ts";
 import { type Config, defaultConfig, parseConfig } from "../../lib/config.ts";
 import { FaultInjector, FaultPlan } from "../../lib/faults.ts";
 import { FAILED_FILE, PROCESSED_FILE, SUMMARY_FILE } from "../../lib/jsonl_store.ts";
+import { createMetrics } from "../../lib/metrics.ts";
 import {
   LineSplitter,
   OverlongLine,
@@ -247,8 +248,8 @@ Deno.test("runProcess processes a 10k record file through small batches, each id
     writeRecords(input, { count: 10_000 });
     // Small batches and mailboxes, so submit waits for room and the store groups batches.
     const small = config({
+      process: { batch_size: 250 },
       pipeline: {
-        batch_size: 250,
         stages: {
           validate: { mailbox_capacity: 1_000 },
           transform: { mailbox_capacity: 1_000 },
@@ -270,6 +271,29 @@ Deno.test("runProcess processes a 10k record file through small batches, each id
     assert.equal(readFileSync(join(out, FAILED_FILE), "utf8"), "");
     const users = Object.values(summary.users) as Array<{ total_events: number }>;
     assert.equal(users.reduce((n, u) => n + u.total_events, 0), 10_000);
+  });
+});
+
+Deno.test("processFile batches by process.batch_size, not pipeline.batch_size", async () => {
+  await withDir(async (dir) => {
+    const input = join(dir, "records.ndjson");
+    writeRecords(input, { count: 10_000 });
+    const metrics = createMetrics({ defaultMetrics: false });
+
+    const result = await processFile({
+      config: config({ pipeline: { batch_size: 100 }, process: { batch_size: 2_500 } }),
+      input,
+      out: join(dir, "out"),
+      metrics,
+      shards: 1,
+      stderr: () => {},
+    });
+
+    assert.ok(result.ok, JSON.stringify(result));
+    assert.equal(result.value.processed, 10_000);
+    const batches = (await metrics.stageBatchesTotal.get()).values
+      .filter((s) => s.labels.stage === "validate");
+    assert.deepEqual(batches.map((s) => [s.labels.outcome, s.value]), [["ok", 4]]);
   });
 });
 

@@ -175,7 +175,7 @@ Deno.test("processFile with 2 and 3 shards writes what 1 shard writes", async (t
     const input = join(dir, "records.ndjson");
     const lines = await writeMixedFile(input);
     const lineOf = (start: string) => lines.findIndex((l) => l.startsWith(start)) + 1;
-    const small = config({ limits: { max_body_bytes: 1_000 }, pipeline: { batch_size: 250 } });
+    const small = config({ limits: { max_body_bytes: 1_000 }, process: { batch_size: 250 } });
 
     const one = await run({ input, out: join(dir, "one"), config: small, shards: 1 });
     assert.equal(one.code, 0, one.stderr.join("\n"));
