@@ -512,41 +512,42 @@ Deno.test("readRecords gives back the same records as a JSON array, NDJSON and g
   );
 });
 
+/** NDJSON lines that trip up parsers which do not parse each line on its own. */
+const trickyLine = fc.oneof(
+  fc.constantFrom(
+    '{"a":1}',
+    "[1,2]",
+    "1,2",
+    "[",
+    "]",
+    "[1",
+    "2]",
+    "{",
+    "}",
+    '{"a":',
+    "1}",
+    '"abc',
+    'def"',
+    ",",
+    "],[",
+    '{"a":1},{"b":2}',
+    "",
+    "  ",
+    "\r",
+    '  {"b":[1,{"c":null}]}  \r',
+    "null",
+    "\ufeff1",
+    "\u00a0",
+    "1 2",
+    '"\\u2028"',
+  ),
+  fc.json({ maxDepth: 2 }),
+  fc.string({ maxLength: 8 }).filter((s) => !s.includes("\n")),
+);
 Deno.test("parseNdjsonRecords agrees with a line-by-line reference on tricky line mixes", () => {
-  const fragment = fc.oneof(
-    fc.constantFrom(
-      '{"a":1}',
-      "[1,2]",
-      "1,2",
-      "[",
-      "]",
-      "[1",
-      "2]",
-      "{",
-      "}",
-      '{"a":',
-      "1}",
-      '"abc',
-      'def"',
-      ",",
-      "],[",
-      '{"a":1},{"b":2}',
-      "",
-      "  ",
-      "\r",
-      '  {"b":[1,{"c":null}]}  \r',
-      "null",
-      "\ufeff1",
-      "\u00a0",
-      "1 2",
-      '"\\u2028"',
-    ),
-    fc.json({ maxDepth: 2 }),
-    fc.string({ maxLength: 8 }).filter((s) => !s.includes("\n")),
-  );
   fc.assert(
     fc.property(
-      fc.array(fragment, { maxLength: 12 }),
+      fc.array(trickyLine, { maxLength: 12 }),
       fc.constantFrom("\n", "\r\n"),
       (lines, eol) => {
         const text = lines.join(eol);
@@ -565,5 +566,59 @@ Deno.test("parseNdjsonRecords agrees with a line-by-line reference on tricky lin
       },
     ),
     { numRuns: 2000 },
+  );
+});
+
+Deno.test("readRecords gives an NDJSON body cut into any chunks the answer of the whole body", async () => {
+  const line = fc.oneof(
+    trickyLine,
+    fc.constantFrom('{"city":"Zürich","note":"日本 🎉"}', "\u00e9", "€"),
+  );
+  const notUtf8 = fc.constantFrom([0xff], [0xc3], [0xe2, 0x82], [0xed, 0xa0, 0x80]);
+  await fc.assert(
+    fc.asyncProperty(
+      fc.array(line, { maxLength: 12 }),
+      fc.constantFrom("\n", "\r\n"),
+      fc.option(fc.tuple(fc.nat(), notUtf8), { nil: undefined }),
+      fc.array(fc.nat(), { maxLength: 6 }),
+      async (lines, eol, bad, cuts) => {
+        let bytes = encoder.encode(lines.join(eol));
+        if (bad !== undefined) {
+          const at = bad[0] % (bytes.length + 1);
+          bytes = new Uint8Array([...bytes.subarray(0, at), ...bad[1], ...bytes.subarray(at)]);
+        }
+        const points = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort((a, b) => a - b);
+        const chunks = [0, ...points].map((from, k) =>
+          bytes.slice(from, k < points.length ? points[k] : bytes.length)
+        );
+        const body = new ReadableStream<Uint8Array>({
+          pull(controller) {
+            const next = chunks.shift();
+            if (next === undefined) controller.close();
+            else controller.enqueue(next);
+          },
+        });
+
+        const actual = await readRecords(post(body, NDJSON_TYPE), DEFAULT_BODY_LIMITS);
+
+        let text: string;
+        try {
+          text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+        } catch {
+          assertError(actual, 400, "invalid_utf8");
+          return;
+        }
+        const expected = referenceNdjson(text);
+        if (expected.ok) {
+          assertRecords(actual, expected.value);
+        } else if (expected.line === 0) {
+          assertError(actual, 400, "empty_body");
+        } else {
+          const error = assertError(actual, 400, "invalid_ndjson");
+          assert.deepEqual(error.details, { line: expected.line });
+        }
+      },
+    ),
+    { numRuns: 1000 },
   );
 });
