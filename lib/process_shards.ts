@@ -72,6 +72,7 @@ import type { Config } from "./config.ts";
 import type { FaultPlan } from "./faults.ts";
 import { FAILED_FILE, PROCESSED_FILE, type ProcessSummary, SUMMARY_FILE } from "./jsonl_store.ts";
 import type { PartResult, ProcessError, ProcessOptions } from "./process_file.ts";
+import { workerEntry } from "./worker_entry.ts";
 
 /** Shards picked automatically at most (more would mostly add memory and startup time). */
 export const MAX_AUTO_SHARDS = 4;
@@ -185,7 +186,7 @@ export async function processShards(options: ProcessOptions, count: number): Pro
     say(`processed ${done} records (${rate}/s)`);
   }, Math.min(HEALTH_INTERVAL_MS, interval));
   try {
-    const url = options.shardWorkerUrl ?? workerEntry();
+    const url = options.shardWorkerUrl ?? workerEntry("process_shard_worker.ts");
     for (let index = 0; index < count; index++) {
       shards.push(
         new Shard(url, {
@@ -378,19 +379,6 @@ class Shard {
     this.#settled = true;
     this.#settle(result);
   }
-}
-
-/**
- * Where `lib/process_shard_worker.ts` is. Beside this module, except in a
- * binary of `bun build --compile main.ts lib/process_shard_worker.ts`:
- * there every module is bundled into one whose URL is
- * `file:///$bunfs/root/<binary>`, and the worker entry keeps its source
- * path under that root (see `workerEntry` in `lib/worker_store.ts`).
- */
-function workerEntry(): string {
-  return import.meta.url.startsWith("file:///$bunfs/")
-    ? "/$bunfs/root/lib/process_shard_worker.ts"
-    : new URL("./process_shard_worker.ts", import.meta.url).href;
 }
 
 function failure(exitCode: 1 | 2, message: string): { ok: false; error: ProcessError } {

@@ -30,6 +30,7 @@
 import { type SqliteOptions, toWire } from "./sqlite_store.ts";
 import type { WorkerReply, WorkerRequest } from "./sqlite_worker.ts";
 import type { CommitOutcome, CommitUnit, StoreWriter } from "./store.ts";
+import { workerEntry } from "./worker_entry.ts";
 
 /** Options of {@linkcode openWorkerWriter}. */
 export interface WorkerStoreOptions extends Omit<SqliteOptions, "syncWal"> {
@@ -165,20 +166,6 @@ class WorkerWriter implements StoreWriter {
 }
 
 /**
- * Where `lib/sqlite_worker.ts` is. Beside this module, except in a binary of
- * `bun build --compile main.ts lib/sqlite_worker.ts`: there every module is
- * bundled into one whose URL is `file:///$bunfs/root/<binary>`, and the
- * worker entry keeps its source path under that root (as `.js`; Bun maps
- * the `.ts` name to it). `deno compile --include lib/sqlite_worker.ts`
- * keeps module URLs, so the first form works there.
- */
-function workerEntry(): string {
-  return import.meta.url.startsWith("file:///$bunfs/")
-    ? "/$bunfs/root/lib/sqlite_worker.ts"
-    : new URL("./sqlite_worker.ts", import.meta.url).href;
-}
-
-/**
  * Opens a writer on the SQLite file `path` whose work runs on a Worker
  * thread. Same contract, options and schema checks as
  * {@linkcode openSqliteWriter}; rejects when the worker cannot start or
@@ -196,7 +183,7 @@ export async function openWorkerWriter(
   options: WorkerStoreOptions = {},
 ): Promise<StoreWriter> {
   const { share = true, workerUrl, ...sqlite } = options;
-  const url = workerUrl ?? workerEntry();
+  const url = workerUrl ?? workerEntry("sqlite_worker.ts");
   const key = share ? JSON.stringify([path, sqlite, String(url)]) : undefined;
   let thread = key === undefined ? undefined : shared.get(key);
   if (thread === undefined) {
