@@ -14,15 +14,15 @@
  * taken seconds apart on the same machine; the service is stopped with
  * SIGTERM right after its load and the time to exit is its shutdown. Then a
  * fresh service under an open-loop load at half of the median end-to-end
- * rate (latency counted from when each request was due). Last, `troupe
- * process` on a file of `--count` records, `--process-runs` times per
- * runtime.
+ * rate (latency counted from when each request was due). Before all of
+ * these, `troupe process` on a file of `--count` records, `--process-runs`
+ * times per runtime.
  *
  * ```
- * targets.ts ─► fresh ceiling (parse) ─┐  ┌─ fresh service ─► SIGTERM   × pairs, per runtime
+ * targets.ts ─► main.ts process --input FILE               × process runs
+ *            ─► fresh ceiling (parse) ─┐  ┌─ fresh service ─► SIGTERM   × pairs, per runtime
  *                                      └──┴─ generator (this process)
  *            ─► fresh service at half rate (open loop) ─► SIGTERM
- *            ─► main.ts process --input FILE               × process runs
  * ```
  *
  * A measurement during which other processes kept more than `--max-noise`
@@ -149,6 +149,23 @@ export async function measureTargets(o: TargetOptions): Promise<TargetResults> {
       await stopServer(c);
     }
   };
+  // File mode first: on this machine it measured 10 to 20 % slower right after minutes of HTTP load
+  // (docs/PERFORMANCE.md, "Issue 4's targets"), whatever the settling time before it.
+  if (o.processRuns > 0) {
+    ensureRecordFile(o.file, o.count);
+    for (let i = 0; i < o.processRuns; i++) {
+      for (const runtime of o.runtimes) {
+        if (o.settleS > 0) await settle(o.settleS);
+        const sample = await processOnce({ file: o.file, runtime });
+        results.process.push({ runtime, sample });
+        say(
+          `${runtime} process: ${fmt(sample.rate)} records/s, peak RSS ${
+            sample.rssMiB.toFixed(0)
+          } MiB`,
+        );
+      }
+    }
+  }
   for (const runtime of o.runtimes) {
     for (let i = 1; i <= o.pairs; i++) {
       const c = await quietest(() => ceiling(runtime), (r) => r);
@@ -181,21 +198,6 @@ export async function measureTargets(o: TargetOptions): Promise<TargetResults> {
       }: p50 ${h.report.latencyMs.p50} ms, p99 ${h.report.latencyMs.p99} ms, ` +
         `peak RSS ${h.report.server?.peakRssMb} MB`,
     );
-  }
-  if (o.processRuns > 0) {
-    ensureRecordFile(o.file, o.count);
-    for (let i = 0; i < o.processRuns; i++) {
-      for (const runtime of o.runtimes) {
-        if (o.settleS > 0) await settle(o.settleS);
-        const sample = await processOnce({ file: o.file, runtime });
-        results.process.push({ runtime, sample });
-        say(
-          `${runtime} process: ${fmt(sample.rate)} records/s, peak RSS ${
-            sample.rssMiB.toFixed(0)
-          } MiB`,
-        );
-      }
-    }
   }
   return results;
 }
