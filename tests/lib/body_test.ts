@@ -88,6 +88,19 @@ function referenceNdjson(
   return value.length === 0 ? { ok: false, line: 0 } : { ok: true, value };
 }
 
+/** Asserts that `actual` is what {@linkcode referenceNdjson} answers for `text`. */
+function assertAsReference(actual: BodyResult, text: string): void {
+  const expected = referenceNdjson(text);
+  if (expected.ok) {
+    assertRecords(actual, expected.value);
+  } else if (expected.line === 0) {
+    assertError(actual, 400, "empty_body");
+  } else {
+    const error = assertError(actual, 400, "invalid_ndjson");
+    assert.deepEqual(error.details, { line: expected.line });
+  }
+}
+
 const RECORD = {
   id: 1,
   timestamp: "2025-01-15T10:00:00Z",
@@ -552,17 +565,7 @@ Deno.test("parseNdjsonRecords agrees with a line-by-line reference on tricky lin
       (lines, eol) => {
         const text = lines.join(eol);
 
-        const actual = parseNdjsonRecords(text);
-        const expected = referenceNdjson(text);
-
-        if (expected.ok) {
-          assertRecords(actual, expected.value);
-        } else if (expected.line === 0) {
-          assertError(actual, 400, "empty_body");
-        } else {
-          const error = assertError(actual, 400, "invalid_ndjson");
-          assert.deepEqual(error.details, { line: expected.line });
-        }
+        assertAsReference(parseNdjsonRecords(text), text);
       },
     ),
     { numRuns: 2000 },
@@ -608,15 +611,7 @@ Deno.test("readRecords gives an NDJSON body cut into any chunks the answer of th
           assertError(actual, 400, "invalid_utf8");
           return;
         }
-        const expected = referenceNdjson(text);
-        if (expected.ok) {
-          assertRecords(actual, expected.value);
-        } else if (expected.line === 0) {
-          assertError(actual, 400, "empty_body");
-        } else {
-          const error = assertError(actual, 400, "invalid_ndjson");
-          assert.deepEqual(error.details, { line: expected.line });
-        }
+        assertAsReference(actual, text);
       },
     ),
     { numRuns: 1000 },
