@@ -323,9 +323,12 @@ export const WAL_SIZE_LIMIT = 16 * 1024 * 1024;
  * each checkpoint short. A checkpoint holds the writer's thread, and every
  * commit queued behind it waits: at 8 MiB each took about 25 ms, and the
  * p99 of 1000-record requests at 110k records/s was 59 ms; at 2 MiB it was
- * 34 to 44 ms for the same throughput (docs/PERFORMANCE.md).
+ * 34 to 44 ms for the same throughput; at 512 KiB it was lower than at 2
+ * MiB in each of 4 alternating pairs of runs at 115k records/s (26, 37, 65,
+ * 46 ms against 33, 45, 124, 52 ms on a machine whose speed drifted), with
+ * closed-loop throughput within the noise (docs/PERFORMANCE.md).
  */
-export const CHECKPOINT_BYTES = WAL_SIZE_LIMIT / 8;
+export const CHECKPOINT_BYTES = WAL_SIZE_LIMIT / 32;
 
 /** What a commit writes besides record bodies, estimated: a few pages of index, users, totals. */
 const COMMIT_OVERHEAD_BYTES = 8 * 4096;
