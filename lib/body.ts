@@ -174,7 +174,7 @@ export function parseNdjsonRecords(text: string): BodyResult {
  * a bad line, and the first bad line is the one reported.
  */
 class NdjsonParser {
-  readonly records: unknown[] = [];
+  #records: unknown[] = [];
   #decoder = new TextDecoder("utf-8", { fatal: true });
   /** Text of the unfinished last line, in pieces (joined once its newline comes). */
   #pending: string[] = [];
@@ -231,8 +231,8 @@ class NdjsonParser {
     if (this.#pending.length > 0) this.#parse(this.#pending.join(""));
     this.#pending = [];
     if (this.#error !== undefined) return this.#error;
-    if (this.records.length === 0) return emptyBody();
-    return { ok: true, value: this.records };
+    if (this.#records.length === 0) return emptyBody();
+    return { ok: true, value: this.#records };
   }
 
   #parse(line: string): void {
@@ -240,7 +240,7 @@ class NdjsonParser {
     if (line.length === 0 || this.#error !== undefined) return;
     // Blank lines are rare, so they are recognised only when parsing fails.
     try {
-      this.records.push(JSON.parse(line));
+      this.#records.push(JSON.parse(line));
     } catch (cause) {
       if (LINE_BLANK.test(line)) return;
       this.#error = fail(

@@ -681,7 +681,7 @@ export const Config = v.strictObject({
        * Records per batch in file mode, in place of `pipeline.batch_size`:
        * no request waits for a batch there, so larger ones cost less per
        * record (each batch is a few actor messages per stage). 4000 ran
-       * 375k to 408k records/s on a 1M-record file with two shards, 1000
+       * 369k to 372k records/s on a 1M-record file with two shards, 1000
        * ran 294k to 364k (docs/PERFORMANCE.md, "Process mode").
        * @default 4000
        */
